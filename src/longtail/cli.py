@@ -1,0 +1,69 @@
+"""The `longtail` command: train, evaluate. User mistakes end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import LongtailError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .engine import fit
+
+    overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
+    cfg = load_config(args.config, overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    fit(cfg, run_dir, allow_config_change=args.allow_config_change)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_checkpoint
+    from .metrics import format_table
+
+    metrics = evaluate_checkpoint(args.run, split=args.split, overrides=args.overrides)
+    print(format_table(metrics, f"{metrics['split']} metrics of {metrics['checkpoint_path']}:"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config, e.g. configs/fmnist_lt/ce_imba100.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
+    train.add_argument("--out", help="run directory (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    train.add_argument("--allow-config-change", action="store_true", help="resume even if the config changed")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run directory or checkpoint")
+    evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LongtailError as exc:
+        if args.debug:
+            raise
+        print(f"longtail: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Configuration: a typed schema, YAML files and dotted command-line overrides.
+
+Precedence is defaults < YAML < command line. Building a config touches neither disk nor
+environment; the engine writes the resolved config into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import LongtailError
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "fmnist_lt"
+    root: Optional[str] = None  # None: the dataset's standard locations (see data/)
+    imbalance_factor: float = 100.0
+    profile: str = "exp"  # exp | step
+    seed: int = 0  # which images form the long-tailed subset
+    n_max: Optional[int] = None  # None: the dataset's standard protocol
+    val_per_class: int = 100
+    val_source: str = "train_unused"  # train_unused | test_holdout | none
+    download: bool = True  # allowed to fetch when the files are not found locally
+    train_list: Optional[str] = None  # list-file datasets (ImageNet-LT, Places-LT, iNat)
+    val_list: Optional[str] = None
+    test_list: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    pipeline: str = "auto"  # auto | device | loader
+    crop: bool = True  # pad-4 random crop
+    flip: bool = True
+    autoaugment: bool = False  # CIFAR policy
+    cutout: int = 0  # hole size in pixels, 0 = off
+    sampler: str = "random"  # random | class_balanced
+    num_workers: int = 2
+    image_size: int = 224  # list-file datasets only
+    randaugment: bool = False
+    color_jitter: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+    num_experts: int = 3
+    pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
+    freeze_backbone: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+    tau: float = 1.0
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    variant: str = "released"  # GALA: released | paper
+    max_margin: float = 0.5  # LDAM
+    scale: float = 30.0  # LDAM / cosine classifiers
+    drw_epoch: int = 160  # LDAM-DRW: class-balanced re-weighting from this epoch
+    drw_beta: float = 0.9999
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128  # global batch, split over processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"  # multistep | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [160, 180])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0  # lr multiplier at the start of warmup
+    eval_every: int = 1
+    select: str = "best_val"  # best_val | last
+    resume: bool = False
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False
+    progress: bool = True
+    deterministic: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1024
+    posthoc: str = "none"  # none | la | pn | tau_norm
+    tau: float = 1.0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Values a string-valued key may take; checked at load time so typos fail before training.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "dataset.profile": ("exp", "step"),
+    "dataset.val_source": ("train_unused", "test_holdout", "none"),
+    "data.pipeline": ("auto", "device", "loader"),
+    "data.sampler": ("random", "class_balanced"),
+    "loss.variant": ("released", "paper"),
+    "train.schedule": ("multistep", "cosine", "constant"),
+    "train.select": ("best_val", "last"),
+    "eval.posthoc": ("none", "la", "pn", "tau_norm"),
+}
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _schema(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Flattened {dotted.key: type} of every leaf key."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if _is_section(tp):
+            out.update(_schema(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+SCHEMA = _schema()
+SECTIONS = {k.rsplit(".", 1)[0] for k in SCHEMA if "." in k}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except LongtailError:
+                pass
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(key, v, typing.get_args(tp)[0]) for v in value]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise LongtailError(
+        f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _closest(key: str) -> str:
+    candidates = difflib.get_close_matches(key, list(SCHEMA) + sorted(SECTIONS), n=1, cutoff=0.5)
+    if not candidates:  # a misspelt leaf under a correct section, e.g. train.epoch
+        leaf = key.rsplit(".", 1)[-1]
+        names = {k.rsplit(".", 1)[-1]: k for k in SCHEMA}
+        near = difflib.get_close_matches(leaf, list(names), n=1, cutoff=0.6)
+        candidates = [names[near[0]]] if near else []
+    return f"; did you mean '{candidates[0]}'?" if candidates else ""
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> {dotted.key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if not isinstance(k, str):
+            raise LongtailError(f"config key {k!r} under '{prefix or 'top level'}' is not a string")
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and dotted in SECTIONS:
+            out.update(flatten(v, dotted + "."))
+        else:
+            out[dotted] = v
+    return out
+
+
+def _validate_key(key: str, value: Any) -> Any:
+    if key in SECTIONS:
+        raise LongtailError(f"config key '{key}' is a section and needs a mapping of keys, got {value!r}")
+    if key not in SCHEMA:
+        raise LongtailError(f"unknown config key '{key}'{_closest(key)}")
+    value = _coerce(key, value, SCHEMA[key])
+    if key in CHOICES and value not in CHOICES[key]:
+        raise LongtailError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=0.05` -> ("train.lr", 0.05); the value is read as YAML."""
+    if "=" not in text:
+        raise LongtailError(f"override '{text}' must look like key.sub=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def from_flat(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    for key, value in values.items():
+        value = _validate_key(key, value)
+        *path, leaf = key.split(".")
+        section = cfg
+        for part in path:
+            section = getattr(section, part)
+        setattr(section, leaf, value)
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    positive = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "train.eval_every": cfg.train.eval_every,
+        "model.num_experts": cfg.model.num_experts,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise LongtailError(f"config key '{key}' must be at least 1, got {value}")
+    if not cfg.train.lr > 0:
+        raise LongtailError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
+    if cfg.dataset.val_per_class < 0 or cfg.data.cutout < 0 or cfg.data.num_workers < 0:
+        raise LongtailError("config keys 'dataset.val_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LongtailError(f"config file '{path}' does not exist; pass a YAML file such as configs/fmnist_lt/ce_imba100.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise LongtailError(f"config file '{path}' is not valid YAML{at}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LongtailError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
+    return flatten(data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides."""
+    values = load_yaml(path) if path is not None else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return from_flat(values)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return from_flat(flatten(data))
+
+
+def flat_dict(cfg: Config) -> dict[str, Any]:
+    return flatten(to_dict(cfg))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,59 @@
+"""Datasets: one table from config name to loader, and the long-tailed split of methods.md."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import LongtailError
+from .base import DataBundle, RawDataset, TensorImages
+from .cifar import load_cifar
+from .fmnist import load_fmnist
+from .splits import holdout_split, long_tailed_counts, long_tailed_split
+
+# In-memory datasets: name -> function(root, download) returning the balanced source.
+IN_MEMORY: dict[str, Callable[[Optional[str], bool], RawDataset]] = {
+    "fmnist_lt": load_fmnist,
+    "cifar10_lt": lambda root, download: load_cifar("cifar10", root, download),
+    "cifar100_lt": lambda root, download: load_cifar("cifar100", root, download),
+}
+
+
+def _subset(split: TensorImages, idx: np.ndarray) -> TensorImages:
+    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    return TensorImages(split.images[index], split.labels[index])
+
+
+def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
+    """Subsample the balanced training set to the configured profile and carve the validation split."""
+    d = cfg.dataset
+    n_max = d.n_max if d.n_max is not None else raw.n_max
+    counts = long_tailed_counts(n_max, raw.num_classes, d.imbalance_factor, d.profile)
+    from_unused = d.val_per_class if d.val_source == "train_unused" else 0
+    train_idx, val_idx = long_tailed_split(raw.train.labels.numpy(), counts, d.seed, from_unused)
+    test, val = raw.test, None
+    if d.val_source == "train_unused" and d.val_per_class:
+        val = _subset(raw.train, val_idx)
+    elif d.val_source == "test_holdout" and d.val_per_class:
+        rest, held = holdout_split(raw.test.labels.numpy(), d.val_per_class, d.seed)
+        test, val = _subset(raw.test, rest), _subset(raw.test, held)
+    return DataBundle(
+        name=name, train=_subset(raw.train, train_idx), val=val, test=test, class_counts=counts,
+        num_classes=raw.num_classes, in_channels=int(raw.train.images.shape[1]), mean=raw.mean, std=raw.std,
+    )
+
+
+def build_data(cfg: Config) -> DataBundle:
+    name = cfg.dataset.name
+    if name in IN_MEMORY:
+        return make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
+    raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(IN_MEMORY))}")
+
+
+__all__ = [
+    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "build_data", "make_long_tailed",
+    "long_tailed_counts", "long_tailed_split", "holdout_split",
+]

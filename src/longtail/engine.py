@@ -1,0 +1,349 @@
+"""Training and evaluation. The engine knows no method by name: it calls the model, the loss
+(`loss(output[loss.input_key], targets)`, `loss.set_epoch`) and the data pipeline it is given.
+
+Reading order: `train_one_epoch`, `predict`, `fit` (with its run-directory helpers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_atomic
+from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
+from .data import DataBundle, build_data
+from .data.pipeline import TrainBatches, eval_batches, train_batches
+from .data.samplers import epoch_generator
+from .distributed import Runtime
+from .errors import LongtailError
+from .losses import Loss, create_loss
+from .metrics import evaluate_predictions, format_table
+from .models import create_model
+from .optim import build_optimizer, build_scheduler
+
+# Keys that may change between a run and its resume without changing what is computed.
+RESUME_SAFE_KEYS = {"train.resume", "train.progress", "dataset.root", "dataset.download", "data.num_workers", "eval.batch_size"}
+CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress bar)
+
+
+class NonFiniteLoss(LongtailError):
+    pass
+
+
+def autocast(cfg: Config, device: torch.device):
+    if device.type == "cuda" and cfg.train.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: Loss,
+    batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: Config,
+    runtime: Runtime,
+    epoch: int,
+    show_progress: bool,
+) -> dict[str, float]:
+    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps."""
+    model.train()
+    criterion.train()
+    device = runtime.device
+    recent = torch.zeros(CHECK_EVERY, device=device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    images, steps, start = 0, 0, time.perf_counter()
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=None if show_progress else True)
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda" and cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            output = model(x)
+        loss = criterion(output[criterion.input_key].float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        recent[steps % CHECK_EVERY] = loss.detach()
+        loss_sum += loss.detach()
+        steps += 1
+        images += len(y)
+        if steps % CHECK_EVERY == 0 or steps == len(batches):
+            _check_finite(recent, steps, epoch)
+            recent.zero_()
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                            img_s=f"{images * runtime.world_size / elapsed:.0f}")
+            bar.update(steps - bar.n)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": float(loss_sum) / max(steps, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": images * runtime.world_size / elapsed,
+        "epoch_time_s": elapsed,
+    }
+
+
+def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
+    bad = ~torch.isfinite(recent)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0])
+        step = (steps - 1) // CHECK_EVERY * CHECK_EVERY + first + 1
+        raise NonFiniteLoss(
+            f"the loss became {recent[first].item()} at step {step} of epoch {epoch + 1}; training stopped and "
+            "the last good checkpoint was kept. Lower train.lr or check the data"
+        )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """Every model output over the evaluated set, gathered from all processes, on the CPU in float32."""
+    model.eval()
+    outputs: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for x, y in batches:
+        if runtime.device.type == "cuda" and cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, runtime.device):
+            out = model(x)
+        for key, value in out.items():
+            # multi-expert outputs are (E, B, C): keep the batch axis first while gathering
+            value = value.transpose(0, 1) if key == "expert_logits" else value
+            outputs.setdefault(key, []).append(value.float())
+        labels.append(y)
+    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items() if k != "features"}
+    if "expert_logits" in result:
+        result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
+    result["labels"] = distributed.gather_rows(torch.cat(labels)).cpu()
+    return result
+
+
+def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
+    out = predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+    return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+@dataclass
+class Progress:
+    """Everything about where training stands that is not a module's state_dict."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_writable(run_dir: Path, model: nn.Module) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise LongtailError(f"cannot write to the run directory '{run_dir}' ({exc.strerror}); pass --out with a writable folder") from None
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = 6 * param_bytes + 64 * 2**20  # best + last + temp copies with optimizer state, and logs
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise LongtailError(f"only {free / 2**20:.0f} MiB free under '{run_dir}', checkpoints need about {needed / 2**20:.0f} MiB; free some space or use --out elsewhere")
+
+
+def _config_differences(saved: dict, current: Config) -> list[str]:
+    before, after = flat_dict(from_dict(saved)), flat_dict(current)
+    return sorted(k for k in after if k not in RESUME_SAFE_KEYS and before.get(k) != after[k])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    tmp = run_dir / "epochs.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(run_dir / "epochs.jsonl")
+
+
+def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extra: Any) -> dict[str, Any]:
+    """What any checkpoint carries so it can be evaluated on its own."""
+    return {
+        "config": to_dict(cfg),
+        "class_counts": bundle.class_counts,
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "model": model.state_dict(),
+        **extra,
+    }
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    # Every random draw of an epoch (augmentation, dropout) follows from (seed, epoch) alone,
+    # so resuming at an epoch boundary reproduces the uninterrupted run exactly.
+    torch.manual_seed(int(epoch_generator(seed, epoch, stream=2).initial_seed()))
+
+
+def _set_determinism(cfg: Config, device: torch.device) -> None:
+    if device.type == "cpu" and cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+
+def fit(cfg: Config, run_dir: str | Path, allow_config_change: bool = False) -> dict:
+    """Train, select the checkpoint (best validation top-1, or the last epoch), test it, write metrics.json."""
+    run_dir = Path(run_dir)
+    runtime = distributed.setup(cfg.device)
+    try:
+        return _fit(cfg, run_dir, runtime, allow_config_change)
+    finally:
+        distributed.cleanup()
+
+
+def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool) -> dict:
+    log = print if runtime.is_main else (lambda *a, **k: None)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    resume_ckpt = _resume_checkpoint(cfg, run_dir, last_path, allow_config_change)
+    if resume_ckpt is not None and resume_ckpt["progress"]["epoch"] >= cfg.train.epochs and (run_dir / "metrics.json").is_file():
+        log(f"run '{run_dir}' already finished {cfg.train.epochs} epochs; nothing to do (metrics.json is unchanged)")
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    _set_determinism(cfg, runtime.device)
+    torch.manual_seed(cfg.seed)
+    bundle = build_data(cfg)
+    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    if runtime.device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
+    batches = train_batches(bundle, cfg, runtime)
+    optimizer = build_optimizer(model, cfg.train, fused=runtime.device.type == "cuda")
+    scheduler = build_scheduler(optimizer, cfg.train, len(batches))
+    progress = Progress()
+    if runtime.is_main:
+        _check_writable(run_dir, model)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        criterion.load_state_dict(resume_ckpt["loss"])
+        progress = Progress(**resume_ckpt["progress"])
+        log(f"resuming '{run_dir}' after epoch {progress.epoch}")
+    train_model: nn.Module = model
+    if runtime.distributed:
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+
+    writer = _tensorboard(run_dir, progress.epoch) if runtime.is_main else None
+    show_progress = cfg.train.progress and runtime.is_main
+    use_val = bundle.val is not None and cfg.train.select == "best_val"
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        _seed_epoch(cfg.seed, epoch)
+        criterion.set_epoch(epoch)
+        batches.set_epoch(epoch)
+        row: dict[str, Any] = {"epoch": epoch + 1, **train_one_epoch(
+            train_model, criterion, batches, optimizer, scheduler, cfg, runtime, epoch, show_progress)}
+        last_epoch = epoch + 1 == cfg.train.epochs
+        if bundle.val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
+            val = evaluate_split(model, bundle.val, bundle, cfg, runtime)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "per_class"})
+        score = row.get("val_top1") if use_val else float(epoch)
+        improved = score is not None and score > progress.best_score
+        if improved:
+            progress.best_score, progress.best_epoch = score, epoch + 1
+        progress.epoch = epoch + 1
+        progress.history.append(row)
+        if runtime.is_main:
+            if improved:
+                save_atomic(checkpoint_payload(cfg, bundle, model, epoch=epoch + 1, val=row.get("val_top1")), best_path)
+            save_atomic(checkpoint_payload(
+                cfg, bundle, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                loss=criterion.state_dict(), progress=progress.__dict__, rng=torch.get_rng_state(),
+            ), last_path)
+            _write_history(run_dir, progress.history)
+            _log_scalars(writer, row)
+            log(_epoch_line(row, cfg.train.epochs))
+        distributed.barrier()
+    if writer is not None:
+        writer.close()
+    return _final_test(cfg, run_dir, bundle, model, runtime, progress, best_path)
+
+
+def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool) -> Optional[dict]:
+    if not cfg.train.resume:
+        if last_path.exists() or (run_dir / "metrics.json").exists():
+            raise LongtailError(f"run directory '{run_dir}' already holds a run; pass train.resume=true to continue it or --out with a new folder")
+        return None
+    if not last_path.exists():
+        raise LongtailError(f"train.resume=true but '{last_path}' does not exist; start the run without resume")
+    ckpt = load_checkpoint(last_path)
+    changed = _config_differences(ckpt["config"], cfg)
+    if changed and not allow_config_change:
+        raise LongtailError(
+            f"the config differs from the run being resumed in: {', '.join(changed)}; "
+            "restore those keys or pass --allow-config-change"
+        )
+    return ckpt
+
+
+def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module, runtime: Runtime,
+                progress: Progress, best_path: Path) -> dict:
+    chosen = "best" if best_path.exists() else "last"
+    if chosen == "best":
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    metrics = evaluate_split(model, bundle.test, bundle, cfg, runtime)
+    metrics.update({
+        "split": "test",
+        "checkpoint": chosen,
+        "epoch": progress.best_epoch,
+        "selected_by": "val_top1" if cfg.train.select == "best_val" and bundle.val is not None else "last_epoch",
+        "class_counts": bundle.class_counts,
+    })
+    if runtime.is_main:
+        _write_json(run_dir / "metrics.json", metrics)
+        print(format_table(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch}):"))
+    return metrics
+
+
+def _tensorboard(run_dir: Path, start_epoch: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a killed run wrote past its last checkpoint
+    return SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
+
+
+def _log_scalars(writer, row: dict) -> None:
+    if writer is None:
+        return
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and value is not None:
+            writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, row["epoch"])
+    writer.flush()
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    text = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s"
+    if "val_top1" in row:
+        groups = "/".join("n/a" if row.get(f"val_{g}") is None else f"{row[f'val_{g}']:.1f}" for g in ("many", "medium", "few"))
+        text += f"  val top1 {row['val_top1']:.2f}  many/med/few {groups}"
+    return text

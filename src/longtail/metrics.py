@@ -1,0 +1,65 @@
+"""Accuracy metrics for long-tailed evaluation, all derived from one confusion matrix.
+
+Shot groups follow the training counts: many > 100, medium 20..100, few < 20 images. A group
+with no classes, or whose classes have no evaluated images, is None ("not defined"), never 0.
+Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+MANY_ABOVE, FEW_BELOW = 100, 20
+
+
+def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) counts, rows = true class, columns = predicted class. Summed across processes it stays exact."""
+    flat = targets.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def shot_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
+    return {
+        "many": [c for c, n in enumerate(class_counts) if n > MANY_ABOVE],
+        "medium": [c for c, n in enumerate(class_counts) if FEW_BELOW <= n <= MANY_ABOVE],
+        "few": [c for c, n in enumerate(class_counts) if n < FEW_BELOW],
+    }
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarize(confusion: torch.Tensor, class_counts: Sequence[int]) -> dict:
+    """top1, mean_class_acc, many/medium/few (mean per-class accuracy within the group), per_class."""
+    confusion = confusion.double().cpu()
+    support = confusion.sum(1)
+    correct = confusion.diagonal()
+    per_class = [float(100 * c / s) if s > 0 else None for c, s in zip(correct.tolist(), support.tolist())]
+    total = float(support.sum())
+    result = {
+        "top1": float(100 * correct.sum() / total) if total else None,
+        "mean_class_acc": _mean(per_class),
+    }
+    for name, classes in shot_groups(class_counts).items():
+        result[name] = _mean([per_class[c] for c in classes])
+    result["per_class"] = per_class
+    result["num_images"] = int(total)
+    return result
+
+
+def evaluate_predictions(preds: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[int]) -> dict:
+    return summarize(confusion_matrix(preds, targets, len(class_counts)), class_counts)
+
+
+def format_table(metrics: dict, title: str = "") -> str:
+    def pct(v: Optional[float]) -> str:
+        return "  n/a" if v is None else f"{v:6.2f}"
+
+    keys = ["top1", "mean_class_acc", "many", "medium", "few"]
+    head = " ".join(f"{k:>14}" for k in keys)
+    row = " ".join(f"{pct(metrics.get(k)):>14}" for k in keys)
+    return (f"{title}\n" if title else "") + head + "\n" + row

@@ -1,0 +1,26 @@
+"""Models: one table from config name to constructor. Every model returns a dict with at least
+'logits' (B, C); multi-expert models add 'expert_logits' (E, B, C). A model with a single linear
+head exposes it as `.classifier` (used by tau-normalisation)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import LongtailError
+from .resnet_cifar import resnet8, resnet20, resnet32
+
+# name -> function(cfg, num_classes, in_channels) -> model
+MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
+    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels),
+    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels),
+    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels),
+}
+
+
+def create_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    if cfg.name not in MODELS:
+        raise LongtailError(f"unknown model '{cfg.name}'; choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[cfg.name](cfg, num_classes, in_channels)

@@ -1,0 +1,80 @@
+"""CIFAR-style ResNets (He et al. 2016, section 4.2): 3 stages of 16/32/64 channels, option-A
+(parameter-free, zero-padded) shortcuts, global average pooling, a 64-d feature and a linear classifier.
+ResNet-32 has 5 basic blocks per stage; ResNet-8 (1 block) is the fast variant for tests and quick runs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortcutA(nn.Module):
+    """Option A: subsample by 2 and zero-pad the new channels."""
+
+    def __init__(self, out_channels: int, in_channels: int):
+        super().__init__()
+        self.pad = out_channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.shortcut = ShortcutA(out_channels, in_channels) if changes_shape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [BasicBlock(in_channels, out_channels, stride)]
+    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+
+
+class CifarResNet(nn.Module):
+    """Returns {'logits': (B, C), 'features': (B, 64)}."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage1 = make_stage(16, 16, blocks_per_stage, 1)
+        self.stage2 = make_stage(16, 32, blocks_per_stage, 2)
+        self.stage3 = make_stage(32, 64, blocks_per_stage, 2)
+        self.feature_dim = 64
+        self.classifier = nn.Linear(64, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return {"logits": self.classifier(features), "features": features}
+
+
+def resnet32(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(5, num_classes, in_channels)
+
+
+def resnet20(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(3, num_classes, in_channels)
+
+
+def resnet8(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(1, num_classes, in_channels)

@@ -1,0 +1,37 @@
+"""SGD and the learning-rate schedules of the recipes: linear warmup, then multi-step or cosine.
+The schedule is a pure function of fractional epoch, applied every step, so it needs no state of its own."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def lr_factor(cfg: TrainConfig, epoch: float) -> float:
+    """Multiplier of `train.lr` at fractional epoch `epoch` (0 at the start of training)."""
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        return cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * epoch / cfg.warmup_epochs
+    if cfg.schedule == "multistep":
+        return cfg.gamma ** sum(int(epoch) >= m for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        return 0.5 * (1 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"fused": True} if fused else {}
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay, **extra,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch))
