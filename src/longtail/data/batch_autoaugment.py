@@ -96,33 +96,39 @@ class BatchAutoAugment:
         chosen = torch.where(negated, self.minus[policy], self.plus[policy])
         return torch.where(applied, chosen, torch.full_like(chosen, -1))
 
-    def groups(self, variants: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-        """Rows grouped by variant, slot 0 first: (rows, [(variant, start, stop), ...]) with
-        rows[start:stop] the images of one group. Computed on the CPU."""
-        parts, spans, offset = [], [], 0
+    def __call__(self, x: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
+        """Each image of `x` (uint8, on any device) with its drawn operations applied, as a new tensor.
+
+        For each slot the images are gathered in the order of their variant ids, so every group is a
+        contiguous slice that one functional call transforms; one gather per slot and one at the end
+        restore the original order. The permutations are computed on the CPU."""
+        variants = variants.cpu()
+        n = len(variants)
+        plans, perms = [], []
+        where = torch.arange(n)  # where[p]: the position of image p in the current (permuted) order
         for slot in range(variants.shape[1]):
             ids = variants[:, slot]
             order = torch.argsort(ids, stable=True)
             counts = torch.bincount(ids + 1, minlength=len(self.variants) + 1).tolist()
-            start = offset + counts[0]  # rows that skip this slot (-1) sort first; leave them out
+            spans, start = [], counts[0]  # images skipping this slot (-1) sort first and are left alone
             for v, count in enumerate(counts[1:]):
                 if count:
                     spans.append((v, start, start + count))
                     start += count
-            parts.append(order)
-            offset += len(order)
-        return torch.cat(parts), spans
-
-    def __call__(self, x: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
-        """Each image of `x` (uint8, on any device) with its drawn operations applied; `x` is left as it was."""
-        x = x.clone(memory_format=torch.contiguous_format)
-        rows, spans = self.groups(variants.cpu())
-        rows = to_device(rows, x.device)
-        for v, start, stop in spans:
-            name, magnitude = self.variants[v]
-            idx = rows[start:stop]
-            x.index_copy_(0, idx, OPS[name](x.index_select(0, idx), magnitude))
-        return x
+            if spans:
+                perms.append(where[order])  # gather from the current order into this slot's order
+                plans.append(spans)
+                where = torch.argsort(order)
+        if not plans:
+            return x
+        perms.append(where)  # back to the original order
+        perms = to_device(torch.cat(perms), x.device).view(len(perms), n)
+        for perm, spans in zip(perms, plans):
+            x = x[perm]
+            for v, start, stop in spans:
+                name, magnitude = self.variants[v]
+                x[start:stop] = OPS[name](x[start:stop], magnitude)
+        return x[perms[-1]]
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
