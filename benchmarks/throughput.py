@@ -226,7 +226,8 @@ def reference_rate(bundle: DataBundle, device: torch.device, args: argparse.Name
         num_workers=args.ref_workers, pin_memory=device.type == "cuda",
     )
     torch.manual_seed(0)
-    model = create_model(load_config().model, bundle.num_classes, 3).to(device)  # fp32, default memory format
+    model_cfg = longtail_config("device", args).model  # the same network as (b), (c), (d)
+    model = create_model(model_cfg, bundle.num_classes, 3).to(device)  # fp32, default memory format
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()
     sync = sync_of(device)
@@ -304,6 +305,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--full-run", action="store_true", help="also train 200 epochs end to end (for a GPU)")
     parser.add_argument("--full-epochs", type=int, default=200)
     parser.add_argument("--markdown", help="also write the figures to this Markdown file")
+    parser.add_argument("--note", default="", help="a remark for the Markdown file (e.g. that the machine was shared)")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -327,8 +329,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = torch.device(args.device)
     runtime = Runtime(device)
     bundle = synthetic_bundle()
+    load_before = os.getloadavg()[0]
     print(f"machine: {machine_line(device)}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}")
-    print(f"ResNet-32, batch {args.batch_size}, {len(bundle.train)} synthetic 3x32x32 images (CIFAR-100-LT IF100 counts), "
+    print(f"{longtail_config('device', args).model.name}, batch {args.batch_size}, {len(bundle.train)} synthetic 3x32x32 images (CIFAR-100-LT IF100 counts), "
           f"crop+flip+AutoAugment+Cutout16; {args.warmup} warm-up + {args.steps} timed steps, best of {args.rounds} rounds")
     fixed = first_device_batch(bundle, runtime, args)
     measures: dict[str, Callable[[], float]] = {
@@ -354,30 +357,32 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"full run: {args.full_epochs} epochs end to end in {seconds:.1f} s, {rate:.0f} training images/s "
               f"({rate / best['ceiling']:.2f} of the ceiling)")
     if args.markdown:
-        write_markdown(Path(args.markdown), args, device, best, full)
+        write_markdown(Path(args.markdown), args, device, best, full, (load_before, os.getloadavg()[0]), rates)
     print(f"c/a = {best['device'] / best['reference']:.2f}, c/b = {best['device'] / best['loader']:.2f}, "
           f"c/d = {best['device'] / best['ceiling']:.2f}")
     print(f"speedup_vs_reference={best['device'] / best['reference']:.2f} fraction_of_ceiling={best['device'] / best['ceiling']:.2f}")
 
 
 def write_markdown(path: Path, args: argparse.Namespace, device: torch.device, best: dict[str, float],
-                   full: Optional[tuple[float, float]]) -> None:
+                   full: Optional[tuple[float, float]], load: tuple[float, float], rates: dict[str, list[float]]) -> None:
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     lines = [
         f"# Training throughput, {args.device.upper()}", "",
         f"- command: `{command}`",
         f"- machine: {machine_line(device)}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- ResNet-32, batch {args.batch_size}, synthetic CIFAR-100-LT IF100 (10847 images 3x32x32), "
+        f"- {longtail_config('device', args).model.name}, batch {args.batch_size}, synthetic CIFAR-100-LT IF100 (10847 images 3x32x32), "
         "crop + flip + AutoAugment (CIFAR-10 policy) + Cutout 16",
         f"- {args.warmup} warm-up + {args.steps} timed steps per measurement, best of {args.rounds} interleaved rounds; "
         f"DataLoader workers: (a) {args.ref_workers}, (b) {args.workers}",
-        "", "| pipeline | images/s | fraction of (d) |", "|---|---:|---:|",
+        f"- 1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end" + (f"; {args.note}" if args.note else ""),
+        "", "| pipeline | images/s (best round) | all rounds | fraction of (d) |", "|---|---:|---|---:|",
     ]
     names = {"reference": "(a) reference-style loop (PIL, DataLoader, fp32)", "loader": "(b) longtail data.pipeline=loader",
              "device": "(c) longtail data.pipeline=device", "ceiling": "(d) model alone on a fixed batch"}
     for key, label in names.items():
-        lines.append(f"| {label} | {best[key]:.1f} | {best[key] / best['ceiling']:.2f} |")
+        rounds = ", ".join(f"{r:.1f}" for r in rates[key])
+        lines.append(f"| {label} | {best[key]:.1f} | {rounds} | {best[key] / best['ceiling']:.2f} |")
     lines += ["", f"speedup_vs_reference={best['device'] / best['reference']:.2f} "
                   f"fraction_of_ceiling={best['device'] / best['ceiling']:.2f}"]
     if full is not None:
