@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, TINY_FMNIST, needs_fmnist
 from longtail.config import dump_yaml, load_config
 from longtail.errors import LongtailError
 
@@ -212,6 +213,19 @@ def test_cli_report(tmp_path: Path, cli):
     assert {"results.md", "results.csv", "shots.csv", "summary.csv", "index.html", "figures"} <= {p.name for p in out.iterdir()}
     bad = cli("report", str(tmp_path), str(tmp_path / "nope"), "--out", str(out), check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_report_of_a_real_training_run(tmp_path: Path, cli):
+    # guards the report against drift in what `longtail train` writes
+    run = tmp_path / "ce"
+    cli("train", str(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml"), *TINY_FMNIST, "dataset.imbalance_factor=10",
+        "--out", str(run))
+    report = write_report([run], tmp_path / "report")
+    top1 = json.loads((run / "metrics.json").read_text())["top1"]
+    assert read_csv(tmp_path / "report" / "results.csv")[("fmnist_lt", "CE")]["IF 10"] == f"{top1:.2f} (1 seed)"
+    assert {f.name.split("_fmnist")[0] for f in report.files if f.suffix == ".png"} == {"per_class", "shots", "training", "effective"}
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (Debian package 'chromium'); the page was not opened in a browser")

@@ -36,8 +36,8 @@ def _report(args: argparse.Namespace) -> None:
     for path in report.skipped:
         print(f"longtail: skipped unfinished run '{path}' (no metrics.json)", file=sys.stderr)
     print(markdown(report.tables))
-    figures = sum(1 for f in report.files if f.suffix == ".png")
-    print(f"wrote {Path(args.out) / 'index.html'}: {len(report.runs)} runs, {len(report.tables)} datasets, {figures} figures")
+    counts = {"run": len(report.runs), "dataset": len(report.tables), "figure": sum(f.suffix == ".png" for f in report.files)}
+    print(f"wrote {Path(args.out) / 'index.html'}: " + ", ".join(f"{n} {w}{'s' if n != 1 else ''}" for w, n in counts.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
