@@ -8,6 +8,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_table_cells_grouping_and_missing_runs(built):
 
 def test_results_table_dataframe(runs: Path):
     pytest.importorskip("pandas", reason="pandas is in the 'report' extra: pip install longtail[report]")
-    frame = results_table([runs])
+    frame = results_table(str(runs))  # one folder as a plain string
     assert frame.loc[("fmnist_lt", "CE"), "IF 100"] == f"63.00 ± {13 ** 0.5:.2f} (3 seeds)"
     numeric = results_table([runs], numeric=True)
     row = numeric[(numeric.method == "CE") & (numeric.dataset == "fmnist_lt") & (numeric.column == "IF 100")].iloc[0]
@@ -154,6 +155,19 @@ def test_list_file_dataset_column_is_the_split_imbalance(tmp_path: Path):
                    extra_metrics={"class_counts": [1280, 300, 5] + [20] * 7})
     (table,) = build_tables(find_runs([run])[0])
     assert table.columns == ["IF 256"]
+
+
+def test_method_names_come_from_the_config(tmp_path: Path):
+    lgla = make_run(tmp_path / "lgla", ["loss.name=lgla", "model.name=resnet32_experts", "model.num_experts=4"], 50.0)
+    new = make_run(tmp_path / "new", ["loss.name=ce", "eval.posthoc=tau_norm", "eval.tau=0.5"], 40.0)
+    (table,) = build_tables(find_runs([lgla, new])[0])
+    assert list(table.rows) == ["CE + τ-norm (τ=0.5)", "LGLA (4 experts)"]
+
+
+def test_results_table_without_pandas_says_how_to_install(runs: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(LongtailError, match=re.escape("pip install longtail[report]")):
+        results_table([runs])
 
 
 def test_seed_runs_given_one_by_one_and_test_tuned_label(tmp_path: Path):

@@ -30,7 +30,7 @@ class Report:
     files: list[Path]  # everything written
 
 
-def results_table(run_dirs: Iterable[str | Path], shots: bool = False, numeric: bool = False):
+def results_table(run_dirs: str | Path | Iterable[str | Path], shots: bool = False, numeric: bool = False):
     """The top-1 table (or with shots=True the many/medium/few table) as a pandas DataFrame indexed
     by (dataset, method); numeric=True gives instead one row per cell with means, stds and n."""
     try:
@@ -44,7 +44,7 @@ def results_table(run_dirs: Iterable[str | Path], shots: bool = False, numeric: 
     return pd.DataFrame(rows, columns=header).set_index(["dataset", "Method"])
 
 
-def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Report:
+def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Path) -> Report:
     """Write results.md, results.csv, shots.csv, summary.csv, figures/*.png and index.html into out_dir."""
     from .figures import write_figures
     from .html import write_html

@@ -32,9 +32,11 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "metrics.json").is_file()
 
 
-def find_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
+def find_runs(paths: str | Path | Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
     """Runs named directly or found (recursively) under the given folders; also the unfinished
     runs skipped while searching (config.yaml without metrics.json)."""
+    if isinstance(paths, (str, Path)):  # one folder given as a plain string, not its characters
+        paths = [paths]
     found: list[Path] = []
     unfinished: list[Path] = []
     for given in map(Path, paths):
