@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -95,8 +96,6 @@ def config_path(config: str, imbalance: int) -> Path:
 
 def train(config: str, imbalance: int, seed: int, run_dir: Path, overrides: list[str]) -> dict:
     """Train one run unless finished; resume it if it was interrupted. Returns its metrics.json."""
-    import json
-
     if (run_dir / "metrics.json").is_file():
         return json.loads((run_dir / "metrics.json").read_text())
     values = [f"seed={seed}", f"dataset.seed={seed}", *overrides]
@@ -107,8 +106,6 @@ def train(config: str, imbalance: int, seed: int, run_dir: Path, overrides: list
 
 def measure(method: Method, run_dir: Path) -> dict:
     """The method's test metrics (plus the tau it used) from its trained run."""
-    import json
-
     if method.posthoc is None:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         return {**metrics, "tau": (metrics.get("posthoc") or {}).get("tau")}
