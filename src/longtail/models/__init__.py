@@ -15,9 +15,9 @@ from .resnet_cifar import resnet8, resnet20, resnet32
 
 # name -> function(cfg, num_classes, in_channels) -> model
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
-    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels),
-    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels),
-    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels),
+    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
     # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
     "resnet8_experts": cifar_experts_from_cfg(1),
     "resnet20_experts": cifar_experts_from_cfg(3),
