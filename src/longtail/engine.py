@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
-from .data.pipeline import TrainBatches, eval_batches, train_batches
+from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
 from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
@@ -85,10 +85,11 @@ def train_one_epoch(
         if steps % CHECK_EVERY == 0 or steps == len(batches):
             _check_finite(recent, steps, epoch)
             recent.zero_()
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
-                            img_s=f"{images * runtime.world_size / elapsed:.0f}")
-            bar.update(steps - bar.n)
+            if not bar.disable:  # reading the running loss is a second host sync; only for a visible bar
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                                img_s=f"{images * runtime.world_size / elapsed:.0f}")
+                bar.update(steps - bar.n)
     bar.close()
     elapsed = time.perf_counter() - start
     return {
@@ -112,7 +113,8 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    """Every model output over the evaluated set, gathered from all processes, on the CPU in float32."""
+    """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
+    float32. Outputs stay on the device until the end: one host sync per evaluation, not one per batch."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -122,11 +124,13 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
         with autocast(cfg, runtime.device):
             out = model(x)
         for key, value in out.items():
+            if key == "features":  # not returned; keeping them would only cost memory
+                continue
             # multi-expert outputs are (E, B, C): keep the batch axis first while gathering
             value = value.transpose(0, 1) if key == "expert_logits" else value
             outputs.setdefault(key, []).append(value.float())
         labels.append(y)
-    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items() if k != "features"}
+    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items()}
     if "expert_logits" in result:
         result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
     result["labels"] = distributed.gather_rows(torch.cat(labels)).cpu()
@@ -233,7 +237,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
 
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
-    bundle = build_data(cfg)
+    bundle = eval_splits_on_device(build_data(cfg), runtime.device)
     model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
