@@ -55,6 +55,8 @@ class ModelConfig:
     num_experts: int = 3
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
     freeze_backbone: bool = False
+    classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
+    scale: float = 30.0  # s of a cosine classifier
 
 
 @dataclass
@@ -68,6 +70,7 @@ class LossConfig:
     scale: float = 30.0  # LDAM / cosine classifiers
     drw_epoch: int = 160  # LDAM-DRW: class-balanced re-weighting from this epoch
     drw_beta: float = 0.9999
+    num_experts: Optional[int] = None  # multi-expert losses (LGLA); null: the same as model.num_experts
 
 
 @dataclass
@@ -96,8 +99,11 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 1024
-    posthoc: str = "none"  # none | la | pn | tau_norm
+    posthoc: str = "none"  # none | la | pn | tau_norm, applied at the final test (metrics.json also keeps "raw")
     tau: float = 1.0
+    # PN's per-class prediction mass: estimated on the validation split, or on the evaluated set
+    # itself (transductive, as the released GALA code does)
+    pn_mass: str = "val"  # val | transductive
 
 
 @dataclass
@@ -123,6 +129,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("multistep", "cosine", "constant"),
     "train.select": ("best_val", "last"),
     "eval.posthoc": ("none", "la", "pn", "tau_norm"),
+    "eval.pn_mass": ("val", "transductive"),
+    "model.classifier": ("linear", "cosine"),
 }
 
 
@@ -239,6 +247,8 @@ def from_flat(values: dict[str, Any]) -> Config:
             section = getattr(section, part)
         setattr(section, leaf, value)
     _check_ranges(cfg)
+    if cfg.loss.num_experts is None:  # resolved here so the loss table needs only the loss section
+        cfg.loss.num_experts = cfg.model.num_experts
     return cfg
 
 
@@ -249,6 +259,7 @@ def _check_ranges(cfg: Config) -> None:
         "eval.batch_size": cfg.eval.batch_size,
         "train.eval_every": cfg.train.eval_every,
         "model.num_experts": cfg.model.num_experts,
+        "loss.num_experts": cfg.model.num_experts if cfg.loss.num_experts is None else cfg.loss.num_experts,
     }
     for key, value in positive.items():
         if value < 1:
@@ -257,6 +268,27 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
     if cfg.dataset.val_per_class < 0 or cfg.data.cutout < 0 or cfg.data.num_workers < 0:
         raise LongtailError("config keys 'dataset.val_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
+    _check_consistency(cfg)
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Key combinations that would only fail, or silently mean something else, after training."""
+    has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
+    if cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val" and not has_val:
+        raise LongtailError(
+            "eval.posthoc=pn with eval.pn_mass=val estimates the class mass on the validation split, but the run has "
+            "none; set dataset.val_source=train_unused or test_holdout, or eval.pn_mass=transductive (the released form)"
+        )
+    if cfg.loss.name == "ldam_drw" and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise LongtailError(
+            f"loss.drw_epoch {cfg.loss.drw_epoch} is not below train.epochs {cfg.train.epochs}, so LDAM-DRW would never "
+            "re-weight; set loss.drw_epoch (0-based) below train.epochs, e.g. at 80% of the epochs"
+        )
+    if cfg.loss.name == "ldam_drw" and cfg.model.classifier == "cosine" and cfg.loss.scale != cfg.model.scale:
+        raise LongtailError(
+            f"loss.scale {cfg.loss.scale} differs from model.scale {cfg.model.scale}; LDAM's margin is in cosine units "
+            "of the classifier, so set them equal"
+        )
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .losses import Loss, create_loss
 from .metrics import evaluate_predictions, format_table
 from .models import create_model
 from .optim import build_optimizer, build_scheduler
+from .posthoc import check_posthoc, classifier_weight, configured_metrics, describe_posthoc
 
 # Keys that may change between a run and its resume without changing what is computed.
 RESUME_SAFE_KEYS = {"train.resume", "train.progress", "dataset.root", "dataset.download", "data.num_workers", "eval.batch_size"}
@@ -136,8 +137,12 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
     return result
 
 
+def predict_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
+    return predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+
+
 def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
-    out = predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+    out = predict_split(model, split, bundle, cfg, runtime)
     return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
 
 
@@ -236,6 +241,8 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
+        check_posthoc(cfg.eval.posthoc, classifier_weight(model))
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
     batches = train_batches(bundle, cfg, runtime)
     optimizer = build_optimizer(model, cfg.train, fused=runtime.device.type == "cuda")
@@ -315,7 +322,12 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     chosen = "best" if best_path.exists() else "last"
     if chosen == "best":
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    metrics = evaluate_split(model, bundle.test, bundle, cfg, runtime)
+    # one pass per split; the raw and post-hoc metrics are both computed from these outputs
+    test = predict_split(model, bundle.test, bundle, cfg, runtime)
+    needs_val = cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val"
+    val = predict_split(model, bundle.val, bundle, cfg, runtime) if needs_val and bundle.val is not None else None
+    metrics = configured_metrics(cfg.eval.posthoc, cfg.eval.tau, cfg.eval.pn_mass, test, val,
+                                 bundle.class_counts, classifier_weight(model))
     metrics.update({
         "split": "test",
         "checkpoint": chosen,
@@ -325,7 +337,11 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     })
     if runtime.is_main:
         _write_json(run_dir / "metrics.json", metrics)
-        print(format_table(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch}):"))
+        title = f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
+        if metrics["posthoc"] is not None:
+            print(format_table(metrics["raw"], f"{title}, raw argmax:"))
+            title += f", {describe_posthoc(metrics['posthoc'])}"
+        print(format_table(metrics, title + ":"))
     return metrics
 
 

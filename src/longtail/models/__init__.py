@@ -10,13 +10,21 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .resnet_cifar import resnet8, resnet20, resnet32
 
 # name -> function(cfg, num_classes, in_channels) -> model
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
-    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels),
-    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels),
-    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels),
+    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
+    "resnet8_experts": cifar_experts_from_cfg(1),
+    "resnet20_experts": cifar_experts_from_cfg(3),
+    "resnet32_experts": cifar_experts_from_cfg(5),
+    "resnet50_experts": torchvision_experts_from_cfg("resnet50"),
+    "resnext50_experts": torchvision_experts_from_cfg("resnext50"),
+    "resnet152_experts": torchvision_experts_from_cfg("resnet152"),
 }
 
 
