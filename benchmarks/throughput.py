@@ -22,11 +22,13 @@ repeated over interleaved rounds and the best round is kept (the machine may be 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -39,7 +41,7 @@ from longtail.config import Config, load_config  # noqa: E402
 from longtail.data import IN_MEMORY  # noqa: E402
 from longtail.data.base import DataBundle, RawDataset, TensorImages  # noqa: E402
 from longtail.data.cifar import CIFAR  # noqa: E402
-from longtail.data.device import CHUNK_IMAGES  # noqa: E402
+from longtail.data.device import CHUNK_IMAGES, host_ops_on_one_thread  # noqa: E402
 from longtail.data.pipeline import train_batches  # noqa: E402
 from longtail.data.splits import long_tailed_counts  # noqa: E402
 from longtail.distributed import Runtime  # noqa: E402
@@ -250,15 +252,19 @@ class ReferenceCutout:
         return image * torch.from_numpy(mask)
 
 
-def reference_rate(bundle: DataBundle, device: torch.device, args: argparse.Namespace, warmup: int, steps: int) -> Rate:
+def reference_dataset(bundle: DataBundle) -> PILCifar:
     from torchvision import transforms as T
 
     transform = T.Compose([
         T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.AutoAugment(T.AutoAugmentPolicy.CIFAR10),
         T.ToTensor(), T.Normalize(bundle.mean, bundle.std), ReferenceCutout(16),
     ])
+    return PILCifar(bundle.train, transform)
+
+
+def reference_rate(bundle: DataBundle, device: torch.device, args: argparse.Namespace, warmup: int, steps: int) -> Rate:
     loader = torch.utils.data.DataLoader(
-        PILCifar(bundle.train, transform), batch_size=args.batch_size, shuffle=True,
+        reference_dataset(bundle), batch_size=args.batch_size, shuffle=True,
         num_workers=args.ref_workers, pin_memory=device.type == "cuda",
     )
     torch.manual_seed(0)
@@ -285,6 +291,66 @@ def reference_rate(bundle: DataBundle, device: torch.device, args: argparse.Name
         loss.item()  # the reference codes log the running loss every step
         rate.images += len(y) if i >= warmup else 0
     return rate.stop()
+
+
+# ----------------------------------------------------------------------------- parts alone (--parts)
+
+
+def part_costs(bundle: DataBundle, runtime: Runtime, args: argparse.Namespace, repeats: int) -> dict[str, float]:
+    """Seconds per batch of each part alone, in this process, the fastest of `repeats` interleaved tries:
+    the fastest try is the one the other tenants of a shared machine disturbed least."""
+    from torch.utils.data import default_collate
+
+    device_batches = train_batches(bundle, longtail_config("device", args), runtime)
+    loader_items = train_batches(bundle, longtail_config("loader", args), runtime).dataset
+    reference_items = reference_dataset(bundle)
+    chunk = getattr(device_batches, "chunk_batches", 1)
+    cfg = longtail_config("device", args)
+    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    optimizer = build_optimizer(model, cfg.train, fused=runtime.device.type == "cuda")
+    x, y = first_device_batch(bundle, runtime, args)
+    sync = sync_of(runtime.device)
+
+    def device_part(r: int) -> None:  # one chunk of batches, drawn, gathered, augmented, normalised
+        device_batches.set_epoch(r)
+        batches = iter(device_batches)
+        for _ in range(chunk):
+            next(batches)
+
+    def items(dataset) -> Callable[[int], None]:
+        def run(r: int) -> None:
+            default_collate([dataset[i] for i in range(r * args.batch_size, (r + 1) * args.batch_size)])
+        return run
+
+    def model_step(r: int) -> None:
+        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    parts = {"device data": (device_part, chunk), "loader data": (items(loader_items), 1),
+             "reference data": (items(reference_items), 1), "model step": (model_step, 1)}
+    best = {name: math.inf for name in parts}
+    for r in range(repeats):
+        for name, (run, batches) in parts.items():
+            # data parts on one intra-op thread, as in DataLoader workers; the model step on all threads
+            threads = host_ops_on_one_thread(torch.device("cpu")) if name != "model step" else nullcontext()
+            sync()
+            start = time.perf_counter()
+            with threads:
+                run(r)
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - start) / batches)
+    return best
+
+
+def print_parts(costs: dict[str, float]) -> None:
+    step = costs["model step"]
+    print("per batch, each part alone (fastest of the tries; data parts on one core, the model on all threads):")
+    for name, seconds in costs.items():
+        print(f"  {name:15s} {1000 * seconds:8.1f} ms")
+    print(f"  serial estimate of (c)/(d): {step / (step + costs['device data']):.3f}   "
+          f"(the data of (a) and (b) runs in worker processes beside the model)")
 
 
 # ----------------------------------------------------------------------------- the 200-epoch run
@@ -336,6 +402,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ref-workers", type=int, help="DataLoader workers of (a) (default: as --workers)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for (b), (c), (d) and the full run, e.g. train.compile=true")
+    parser.add_argument("--parts", type=int, metavar="TRIES", default=0,
+                        help="also time each part alone per batch (device data, loader data, reference data, model "
+                             "step), the fastest of TRIES interleaved tries")
+    parser.add_argument("--parts-only", action="store_true", help="with --parts: only that")
     parser.add_argument("--full-run", action="store_true", help="also train 200 epochs end to end (for a GPU)")
     parser.add_argument("--full-epochs", type=int, default=200)
     parser.add_argument("--markdown", help="also write the figures to this Markdown file")
@@ -375,7 +445,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     model_name = longtail_config("device", args).model.name
     print(f"machine: {machine_line(device)}; torch {torch.__version__}; load average {load_before:.2f}")
     print(f"{model_name}, batch {args.batch_size}, {len(bundle.train)} synthetic 3x32x32 images (CIFAR-100-LT IF100 counts), "
-          f"crop+flip+AutoAugment+Cutout16; {args.warmup} warm-up + {args.steps} timed steps, best of {args.rounds} rounds")
+          "crop+flip+AutoAugment+Cutout16")
+    costs = None
+    if args.parts:
+        costs = part_costs(bundle, runtime, args, args.parts)
+        print_parts(costs)
+    if args.parts_only:
+        return
+    print(f"{args.warmup} warm-up + {args.steps} timed steps per measurement, best of {args.rounds} interleaved rounds")
     fixed = first_device_batch(bundle, runtime, args)
     measures: dict[str, Callable[[], Rate]] = {
         "ceiling": lambda: longtail_rate(longtail_config("device", args), bundle, runtime, args.warmup, args.steps, fixed),

@@ -267,7 +267,17 @@ def test_chunk_size_changes_nothing():
     split = random_split(200)
     aug = BatchAugment(32, 32, crop=True, flip=True, autoaugment=True, cutout=16)
     per_batch = epoch(device_pipeline(split, aug, batch_size=32, chunk_images=32), 2)
-    whole = epoch(device_pipeline(split, aug, batch_size=32, chunk_images=10_000), 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # the pipeline works on one thread but hands every batch out with the caller's setting restored
+        pipeline = device_pipeline(split, aug, batch_size=32, chunk_images=10_000)
+        pipeline.set_epoch(2)
+        whole = []
+        for batch in pipeline:
+            assert torch.get_num_threads() == 2
+            whole.append(batch)
+    finally:
+        torch.set_num_threads(threads)
     for (xa, ya), (xb, yb) in zip(per_batch, whole):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
