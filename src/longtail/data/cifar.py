@@ -62,6 +62,19 @@ def _field(batch: dict, key: str, path: Path) -> Any:
     raise LongtailError(f"CIFAR batch '{path}' has no '{key}' entry; it is not an official batch file")
 
 
+def _labels(raw: Any, key: str, path: Path) -> np.ndarray:
+    """The label list of a batch as int64, refusing anything but a flat list of integers."""
+    try:
+        lab = np.asarray(raw)
+    except (ValueError, TypeError):  # ragged nesting
+        lab = None
+    if lab is not None and lab.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if lab is None or lab.ndim != 1 or lab.dtype == bool or not np.issubdtype(lab.dtype, np.integer):
+        raise LongtailError(f"CIFAR batch '{path}' has '{key}' that are not a flat list of integer labels; it is not an official batch file")
+    return lab.astype(np.int64)
+
+
 def _read_split(directory: Path, files: list[str], label_key: str, num_classes: int) -> TensorImages:
     images, labels = [], []
     for name in files:
@@ -69,10 +82,11 @@ def _read_split(directory: Path, files: list[str], label_key: str, num_classes: 
         batch = safe_unpickle(path)
         if not isinstance(batch, dict):
             raise LongtailError(f"CIFAR batch '{path}' is not a dict; it is not an official batch file")
-        data = np.asarray(_field(batch, "data", path))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise LongtailError(f"CIFAR batch '{path}' has data of shape {data.shape} and type {data.dtype}; expected (N, 3072) uint8")
-        lab = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+        data = _field(batch, "data", path)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            what = f"of shape {data.shape} and type {data.dtype}" if isinstance(data, np.ndarray) else f"of type {type(data).__name__}"
+            raise LongtailError(f"CIFAR batch '{path}' has data {what}; expected a (N, 3072) uint8 array")
+        lab = _labels(_field(batch, label_key, path), label_key, path)
         if len(lab) != len(data) or (len(lab) and (lab.min() < 0 or lab.max() >= num_classes)):
             raise LongtailError(f"CIFAR batch '{path}' has labels that do not match its images or lie outside 0..{num_classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32))
