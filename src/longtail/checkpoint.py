@@ -8,6 +8,7 @@ error instead of a KeyError deep in the engine.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import LongtailError
+from .errors import LongtailError, one_line
 
 FORMAT_VERSION = 1
 
@@ -85,11 +86,16 @@ def fsync_dir(directory: Path) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Text files of a run (metrics.json, epochs.jsonl, config.yaml): complete or not there, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise LongtailError(f"could not write '{path}' ({exc.strerror or exc}); free some space or check the folder, then continue with --resume") from None
 
 
 def remove_partial_writes(directory: Path) -> list[Path]:
@@ -112,7 +118,7 @@ def load_checkpoint(path: str | Path, require: Sequence[str] = ()) -> dict[str, 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LongtailError(f"checkpoint '{path}' holds objects that are not plain data and was refused ({first[:160]})") from None
+        raise LongtailError(f"checkpoint '{path}' holds objects that are not plain data and was refused ({one_line(first, 160)})") from None
     except Exception as exc:  # noqa: BLE001 - foreign bytes surface as many exception types inside torch.load
         raise LongtailError(f"checkpoint '{path}' is corrupt or truncated ({type(exc).__name__}); use another checkpoint") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
@@ -136,6 +142,6 @@ def load_state(module: nn.Module, state: dict[str, Any], what: str, source: str 
         details = [line.strip() for line in str(exc).splitlines() if line.strip()]
         first = details[1] if len(details) > 1 else (details[0] if details else type(exc).__name__)
         raise LongtailError(
-            f"the {what} weights in '{source}' do not fit this {what} ({first[:200]}); "
+            f"the {what} weights in '{source}' do not fit this {what} ({one_line(first)}); "
             "the checkpoint was saved with a different model, loss or class count"
         ) from None

@@ -233,8 +233,11 @@ def _validate_key(key: str, value: Any) -> Any:
     value = _coerce(key, value, SCHEMA[key])
     if key in CHOICES and value not in CHOICES[key]:
         raise LongtailError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {_short(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise LongtailError(f"config key '{key}' must be a finite number, got {value}")
+    for number in value if isinstance(value, list) else [value]:
+        if isinstance(number, float) and not math.isfinite(number):
+            raise LongtailError(f"config key '{key}' must be a finite number, got {number}")
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 2**32:
+            raise LongtailError(f"config key '{key}' is out of range ({_short(number)}); use a value below 2**32")
     return value
 
 

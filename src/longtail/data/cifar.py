@@ -10,15 +10,18 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import LongtailError
+from ..errors import LongtailError, one_line
 from .base import RawDataset, TensorImages
 
 # The official batches hold dicts of lists, bytes and uint8 numpy arrays; nothing else may be built.
 # _codecs.encode only turns text into bytes: Python 3 pickles of protocol 2 need it for array data.
+# _frombuffer builds an array from bytes (how protocol 5 pickles arrays, e.g. a batch re-saved by hand).
 _ALLOWED = {
     ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
 }
@@ -50,7 +53,7 @@ def safe_unpickle(path: Path) -> Any:
         data = path.read_bytes()
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as exc:
-        raise LongtailError(f"'{path}' is not a plain CIFAR batch ({exc}); it was not loaded. Fetch the official files again") from None
+        raise LongtailError(f"'{path}' is not a plain CIFAR batch ({one_line(exc)}); it was not loaded. Fetch the official files again") from None
     except Exception as exc:  # truncated or garbled bytes surface as many exception types
         raise LongtailError(f"'{path}' is corrupt or not a CIFAR pickle ({type(exc).__name__}); fetch the official files again") from None
 

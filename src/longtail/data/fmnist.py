@@ -26,6 +26,18 @@ FILES = {
 MEAN, STD = (0.2860,), (0.3530,)
 
 
+def _read_at_most(f, limit: int, chunk: int = 1 << 24) -> bytes:
+    """Up to `limit` bytes, in chunks: a header claiming terabytes must not allocate them up front."""
+    parts, got = [], 0
+    while got < limit:
+        part = f.read(min(limit - got, chunk))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzip-compressed or not) of unsigned bytes into an array of its shape.
 
@@ -44,7 +56,7 @@ def read_idx(path: Path) -> np.ndarray:
                 raise LongtailError(f"IDX file '{path}' is truncated inside its header; fetch it again")
             shape = struct.unpack(f">{ndim}I", dims)
             expected = math.prod(shape)
-            data = f.read(expected + 1)
+            data = _read_at_most(f, expected + 1)
     except (OSError, EOFError, zlib.error) as exc:  # gzip reports damage as any of these
         raise LongtailError(f"cannot read IDX file '{path}' ({type(exc).__name__}); the file is corrupt, delete it and fetch it again") from None
     if len(data) != expected:
