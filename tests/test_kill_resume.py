@@ -1,9 +1,10 @@
 """Crash safety: a run SIGKILLed at any moment and resumed with --resume ends bit for bit where the
 uninterrupted run ends (CPU, deterministic settings), and no kill ever leaves a half-written file.
 
-Kill points per case (5): two at seeded random times over the run's duration, one mid-epoch (a fraction
-of an epoch after the "epoch 1/3" line), one while a checkpoint is being written (the moment its temp
-file appears) and one during the final test (after the "epoch 3/3" line, before metrics.json).
+Kill points per case (6), each in a fresh process resuming the previous one: one mid-epoch (a fifth of an
+epoch after the "epoch 1/3" line), one while a checkpoint is being written (the moment its temp file
+appears), three at seeded random times over the run's duration and one during the final test (after the
+"epoch 3/3" line, before metrics.json).
 To cover a new method after merging, add a line to CASES (config and overrides); the harness is generic.
 """
 
@@ -31,6 +32,7 @@ from longtail.checkpoint import TRAINING_STATE, load_checkpoint
 pytestmark = needs_fmnist
 
 EPOCHS = 3
+RANDOM_KILLS = 3  # plus 3 aimed ones: mid-epoch, checkpoint write, final test
 # name -> (config, overrides). Three epochs of resnet8 on a few hundred images, two DataLoader workers
 # (their augmentation RNG must be reproducible too).
 CASES: dict[str, tuple[str, list[str]]] = {
@@ -164,7 +166,7 @@ def data_root(tmp_path_factory):
     return make_small_fmnist(tmp_path_factory.mktemp("fmnist_small"), test_per_class=100)
 
 
-@pytest.mark.slow  # 7 launches of the CLI: about a minute on an idle 2-core machine, several when shared
+@pytest.mark.slow  # 8 launches of the CLI: about a minute on an idle 2-core machine, several when shared
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
     reference = tmp_path / "reference"
@@ -175,9 +177,9 @@ def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
 
     rng = random.Random(8)
     plan = [
-        Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.4 * epoch_s),
+        Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.2 * epoch_s),
         Kill("checkpoint write", file=CHECKPOINT_TMP),
-        *[Kill(f"random at {t:.1f}s", after_s=t) for t in sorted(rng.uniform(0.05, 0.95) * duration for _ in range(2))],
+        *[Kill(f"random at {t:.1f}s", after_s=t) for t in sorted(rng.uniform(0.05, 0.95) * duration for _ in range(RANDOM_KILLS))],
         Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}")),
     ]
     run, epoch, landed = tmp_path / "killed", 0, {}
@@ -195,7 +197,14 @@ def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
     assert write.killed and write.tmp_left, "the kill missed the checkpoint write"
     assert last.killed and not last.printed("test metrics")
     print(f"{case}: {sum(r.killed for r in landed.values())} of {len(plan)} kill points landed: "
-          + ", ".join(f"{name} ({'killed' if r.killed else 'finished first'}, tmp left: {r.tmp_left})" for name, r in landed.items()))
+          + "; ".join(f"{name}: {_where(r)}" for name, r in landed.items()))
+
+
+def _where(result: Launch) -> str:
+    if not result.killed:
+        return "finished before the kill"
+    last = f"after '{result.output[-1][1][:48]}'" if result.output else "during start-up (nothing printed yet)"
+    return f"killed {last}" + (f", temp files left: {', '.join(result.tmp_left)}" if result.tmp_left else "")
 
 
 # ----------------------------------------------------------------------------- resume rules and NaN stop
@@ -313,7 +322,7 @@ def test_resume_applies_changed_optimizer_settings_and_the_schedule_position():
 def test_a_resume_settles_what_a_kill_left_half_done(tmp_path):
     """Killed between last.pt and best.pt of the best epoch: the resume rebuilds best.pt from last.pt's
     weights, drops temp files and rewrites epochs.jsonl from last.pt's history."""
-    from longtail.checkpoint import save_atomic
+    from longtail.checkpoint import remove_partial_writes, save_atomic
     from longtail.engine import Progress, _settle_killed_run
 
     (tmp_path / "checkpoints").mkdir()
@@ -325,6 +334,8 @@ def test_a_resume_settles_what_a_kill_left_half_done(tmp_path):
     (tmp_path / "epochs.jsonl.tmp").write_text("{")
     history = [{"epoch": 1, "val_top1": 10.0}, {"epoch": 2, "val_top1": 20.0}]
     progress = Progress(epoch=2, best_score=20.0, best_epoch=2, history=history)
+    for directory in (tmp_path, tmp_path / "checkpoints"):
+        remove_partial_writes(directory)
     _settle_killed_run(tmp_path, progress, best, lambda: {**payload, "epoch": 2, "val": 20.0})
     rebuilt = load_checkpoint(best)
     assert rebuilt["epoch"] == 2 and torch.equal(rebuilt["model"]["w"], torch.ones(2))
@@ -334,3 +345,20 @@ def test_a_resume_settles_what_a_kill_left_half_done(tmp_path):
     before = best.read_bytes()
     _settle_killed_run(tmp_path, progress, best, lambda: pytest.fail("best.pt was rebuilt needlessly"))
     assert best.read_bytes() == before
+
+
+def test_a_second_process_on_a_running_run_directory_is_refused(finished_run, capsys):
+    import fcntl
+
+    from longtail.cli import main
+
+    run, args = finished_run
+    with open(run / "checkpoints" / ".lock", "a") as held:  # what a running `longtail train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (run / "checkpoints" / ".last.pt.inflight.tmp").write_bytes(b"being written")
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "is in use by another longtail process" in err
+        assert (run / "checkpoints" / ".last.pt.inflight.tmp").exists()  # the other process's write is untouched
+    assert main(args) == 0  # lock released: the finished run is a no-op again, and the stale temp file is gone
+    assert not (run / "checkpoints" / ".last.pt.inflight.tmp").exists()

@@ -11,10 +11,10 @@ import math
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -225,16 +225,38 @@ def fit(cfg: Config, run_dir: str | Path, allow_config_change: bool = False) -> 
     run_dir = Path(run_dir)
     runtime = distributed.setup(cfg.device)
     try:
-        return _fit(cfg, run_dir, runtime, allow_config_change)
+        with _own_run_dir(run_dir, runtime):
+            return _fit(cfg, run_dir, runtime, allow_config_change)
     finally:
         distributed.cleanup()
+
+
+@contextmanager
+def _own_run_dir(run_dir: Path, runtime: Runtime) -> Iterator[None]:
+    """The main process checks the run directory is writable, then holds a lock on it for the whole run
+    (a second process on the same folder, e.g. a requeued job, is refused instead of racing this one)
+    and deletes temp files a killed process left behind. The OS releases the lock when the process dies."""
+    if not runtime.is_main:
+        yield
+        return
+    _check_writable(run_dir)
+    with open(run_dir / "checkpoints" / ".lock", "a") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            raise LongtailError(f"run directory '{run_dir}' is in use by another longtail process; wait for it to end or use --out with another folder") from None
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems): run unlocked
+            pass
+        for directory in (run_dir, run_dir / "checkpoints"):
+            remove_partial_writes(directory)
+        yield
 
 
 def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool) -> dict:
     log = print if runtime.is_main else (lambda *a, **k: None)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if runtime.is_main:
-        _check_writable(run_dir)
     resume_ckpt = _resume_checkpoint(cfg, run_dir, last_path, allow_config_change, log)
     if resume_ckpt is not None and resume_ckpt["progress"]["epoch"] >= cfg.train.epochs:
         finished = _read_metrics(run_dir)
@@ -337,11 +359,9 @@ def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Op
 
 
 def _settle_killed_run(run_dir: Path, progress: Progress, best_path: Path, best_payload) -> None:
-    """Finish what a killed process left half done, so the run directory agrees with last.pt:
-    drop temp files, rebuild best.pt when the kill fell between writing last.pt and best.pt,
-    and rewrite epochs.jsonl (it may lack the last epoch)."""
-    for directory in (run_dir, run_dir / "checkpoints"):
-        remove_partial_writes(directory)
+    """Finish what a killed process left half done, so the run directory agrees with last.pt: rebuild
+    best.pt when the kill fell between writing last.pt and best.pt, and rewrite epochs.jsonl (it may lack
+    the last epoch). Temp files of interrupted writes are already gone (`_own_run_dir`)."""
     if progress.best_epoch == progress.epoch:  # the last epoch was the best: best.pt must hold it
         best_epoch = None
         if best_path.is_file():
