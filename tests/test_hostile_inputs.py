@@ -107,6 +107,17 @@ def test_config_files_of_random_bytes(data, scratch):
     assert_clean(load_config, path)
 
 
+def test_exponent_floats_that_yaml_1_1_reads_as_strings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    cfg = load_config(path, ["loss.tau=2e0"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.loss.tau) == (0.001, 0.0005, 2.0)
+    with pytest.raises(LongtailError, match="'train.epochs' expects int, got str '1e3'"):
+        load_config(None, ["train.epochs=1e3"])  # an integer key stays strict
+    with pytest.raises(LongtailError, match="must be a finite number, got inf"):
+        load_config(None, ["train.lr=1e999"])
+
+
 HOSTILE_LITERALS = [
     "", "null", "~", "[1, 2", "{a: 1}", "[1, [2, [3]]]", "!!python/object/apply:os.system ['touch /tmp/longtail_yaml_pwned']",
     ".nan", ".inf", "-.inf", "1e400", "-1", "0", "99999999999999999999999", "1.5", "true", "no", "'3'", "&a [*a]",
