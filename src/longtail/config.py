@@ -33,6 +33,8 @@ class DatasetConfig:
     train_list: Optional[str] = None  # list-file datasets (ImageNet-LT, Places-LT, iNat)
     val_list: Optional[str] = None
     test_list: Optional[str] = None
+    num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
+    verify_images: bool = False  # list datasets: decode every image before training, report all failures
 
 
 @dataclass
@@ -46,7 +48,11 @@ class DataConfig:
     num_workers: int = 2
     image_size: int = 224  # list-file datasets only
     randaugment: bool = False
-    color_jitter: float = 0.0
+    randaugment_ops: int = 2  # RandAugment N (transforms applied per image)
+    randaugment_magnitude: int = 9  # RandAugment M (0..30 scale of torchvision)
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
+    grayscale: float = 0.0  # RandomGrayscale probability (list datasets)
+    blur: float = 0.0  # probability of a GaussianBlur, sigma 0.1..2 (list datasets)
 
 
 @dataclass
@@ -54,7 +60,8 @@ class ModelConfig:
     name: str = "resnet32"
     num_experts: int = 3
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
+    pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
 
 
 @dataclass
@@ -91,6 +98,7 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     deterministic: bool = True
+    sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (same result as 1 process)
 
 
 @dataclass
@@ -257,6 +265,18 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
     if cfg.dataset.val_per_class < 0 or cfg.data.cutout < 0 or cfg.data.num_workers < 0:
         raise LongtailError("config keys 'dataset.val_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
+    for key in ("data.grayscale", "data.blur"):
+        value = getattr(cfg.data, key.split(".")[1])
+        if not 0.0 <= value <= 1.0:
+            raise LongtailError(f"config key '{key}' is a probability and must lie in 0..1, got {value}")
+    if cfg.data.color_jitter < 0 or cfg.data.randaugment_ops < 0 or cfg.data.randaugment_magnitude < 0:
+        raise LongtailError("config keys 'data.color_jitter', 'data.randaugment_ops' and 'data.randaugment_magnitude' must be >= 0")
+    if cfg.data.randaugment_magnitude > 30:
+        raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
+    if cfg.data.image_size < 8:
+        raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
+    if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
+        raise LongtailError(f"config key 'dataset.num_classes' must be at least 1 or null, got {cfg.dataset.num_classes}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -30,10 +30,16 @@ from .errors import LongtailError
 from .losses import Loss, create_loss
 from .metrics import evaluate_predictions, format_table
 from .models import create_model
+from .models.freeze import freeze_backbone, train_mode
+from .models.pretrained import load_pretrained
+from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 
 # Keys that may change between a run and its resume without changing what is computed.
-RESUME_SAFE_KEYS = {"train.resume", "train.progress", "dataset.root", "dataset.download", "data.num_workers", "eval.batch_size"}
+RESUME_SAFE_KEYS = {
+    "train.resume", "train.progress", "dataset.root", "dataset.download", "dataset.verify_images",
+    "data.num_workers", "eval.batch_size",
+}
 CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress bar)
 
 
@@ -58,8 +64,9 @@ def train_one_epoch(
     epoch: int,
     show_progress: bool,
 ) -> dict[str, float]:
-    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps."""
-    model.train()
+    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps.
+    The reported train_loss is averaged over all processes (each process's batches are equal in size)."""
+    train_mode(model)  # frozen parts of a decoupled model stay in eval mode
     criterion.train()
     device = runtime.device
     recent = torch.zeros(CHECK_EVERY, device=device)
@@ -90,8 +97,9 @@ def train_one_epoch(
             bar.update(steps - bar.n)
     bar.close()
     elapsed = time.perf_counter() - start
+    distributed.all_reduce_sum(loss_sum)
     return {
-        "train_loss": float(loss_sum) / max(steps, 1),
+        "train_loss": float(loss_sum) / max(steps, 1) / runtime.world_size,
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": images * runtime.world_size / elapsed,
         "epoch_time_s": elapsed,
@@ -111,7 +119,8 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    """Every model output over the evaluated set, gathered from all processes, on the CPU in float32."""
+    """Every model output over the evaluated set, gathered from all processes, on the CPU in float32,
+    rows in the set's order. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -125,10 +134,10 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
             value = value.transpose(0, 1) if key == "expert_logits" else value
             outputs.setdefault(key, []).append(value.float())
         labels.append(y)
-    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items() if k != "features"}
+    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items() if k != "features"}
     if "expert_logits" in result:
         result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
-    result["labels"] = distributed.gather_rows(torch.cat(labels)).cpu()
+    result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
     return result
 
 
@@ -230,6 +239,13 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     torch.manual_seed(cfg.seed)
     bundle = build_data(cfg)
     model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    if cfg.model.pretrained is not None and resume_ckpt is None:  # a resumed run has its weights in last.pt
+        _load_pretrained(model, cfg, runtime, log)
+    if runtime.distributed and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, runtime.device)
+    if cfg.model.freeze_backbone:
+        trainable = freeze_backbone(model)
+        log(f"backbone frozen: training the classifier only ({trainable} parameters)")
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
@@ -287,6 +303,15 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     if writer is not None:
         writer.close()
     return _final_test(cfg, run_dir, bundle, model, runtime, progress, best_path)
+
+
+def _load_pretrained(model: nn.Module, cfg: Config, runtime: Runtime, log) -> None:
+    # rank 0 first: a torchvision download then lands once in the cache before the others read it
+    if runtime.is_main:
+        log(load_pretrained(model, cfg.model))
+    distributed.barrier()
+    if not runtime.is_main:
+        load_pretrained(model, cfg.model)
 
 
 def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool) -> Optional[dict]:

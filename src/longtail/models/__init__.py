@@ -11,12 +11,17 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import LongtailError
 from .resnet_cifar import resnet8, resnet20, resnet32
+from .torchvision_resnets import torchvision_resnet
 
 # name -> function(cfg, num_classes, in_channels) -> model
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet8": lambda cfg, classes, channels: resnet8(classes, channels),
     "resnet20": lambda cfg, classes, channels: resnet20(classes, channels),
     "resnet32": lambda cfg, classes, channels: resnet32(classes, channels),
+    # torchvision's ImageNet networks (weights via model.pretrained, see models/pretrained.py)
+    "resnet50": lambda cfg, classes, channels: torchvision_resnet("resnet50", classes, channels),
+    "resnext50_32x4d": lambda cfg, classes, channels: torchvision_resnet("resnext50_32x4d", classes, channels),
+    "resnet152": lambda cfg, classes, channels: torchvision_resnet("resnet152", classes, channels),
 }
 
 
