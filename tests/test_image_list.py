@@ -253,3 +253,29 @@ def test_bad_list_stops_the_cli_before_training(tree, tmp_path, cli):
     assert proc.returncode == 2
     assert "bad_train.txt:1: image 'train/n00000000/missing.JPEG' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "config.yaml").exists()
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+LARGE_SCALE = {"imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for d in LARGE_SCALE for p in (Path(__file__).parents[1] / "configs" / d).glob("*.yaml")))
+def test_large_scale_configs_load(path):
+    cfg = load_config(path)  # every key exists, every choice is valid
+    folder = Path(path).parent.name
+    assert cfg.dataset.name == folder and cfg.dataset.num_classes == LARGE_SCALE[folder]
+    assert cfg.model.name in {"resnet50", "resnext50_32x4d", "resnet152"}
+    assert cfg.loss.name in {"ce", "la", "gala"}  # la / gala come from the losses issue
+    if "decoupled" in path:  # GALA's published large-scale rows: frozen backbone, class-balanced sampling
+        assert cfg.model.freeze_backbone and cfg.data.sampler == "class_balanced"
+        assert cfg.model.pretrained.startswith(f"runs/{folder}/ce_") and 10 <= cfg.train.epochs <= 30
+        assert (cfg.eval.posthoc == "pn") == ("_pn_" in path)
+    if folder == "inat2018":
+        assert cfg.dataset.val_list is None and cfg.train.select == "last"
+
+
+def test_large_scale_configs_ship_in_every_folder():
+    for folder in LARGE_SCALE:
+        names = {p.name for p in (Path(__file__).parents[1] / "configs" / folder).glob("*.yaml")}
+        assert {n.split("_")[0] for n in names} == {"ce", "la", "gala"} and sum("_pn_" in n for n in names) == 1
