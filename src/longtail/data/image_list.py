@@ -19,7 +19,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -41,6 +41,10 @@ class UnreadableImage(LongtailError):
     """An image listed (and present) that the decoder rejects."""
 
 
+def _where(source: str, unit: str, number: int) -> str:
+    return f"{source}:{number}" if unit == "line" else f"{source} annotation #{number}"
+
+
 @dataclass
 class Entries:
     """The usable rows of one annotation file; `numbers[i]` is the line (or annotation index) of row i."""
@@ -53,7 +57,7 @@ class Entries:
     num_categories: Optional[int] = None  # from a JSON file's `categories`
 
     def where(self, i: int) -> str:
-        return f"{self.source}:{self.numbers[i]}" if self.unit == "line" else f"{self.source} annotation #{self.numbers[i]}"
+        return _where(self.source, self.unit, self.numbers[i])
 
 
 class Problems:
@@ -181,11 +185,10 @@ def check_paths(entries: Entries, root: Path, problems: Problems) -> None:
     real_dirs: dict[str, str] = {}
     for i, rel in enumerate(entries.paths):
         where = entries.where(i)
-        pure = PurePosixPath(rel)
-        if pure.is_absolute() or os.path.isabs(rel):
+        if rel.startswith("/") or os.path.isabs(rel):
             problems.add(where, f"path '{rel}' is absolute; paths must be relative to dataset.root")
             continue
-        if ".." in pure.parts:
+        if ".." in rel.split("/"):
             problems.add(where, f"path '{rel}' climbs out of dataset.root with '..'")
             continue
         parent = os.path.dirname(rel)
@@ -280,8 +283,7 @@ class ImageList(Dataset):
         return os.path.join(self.root, self.path(i))
 
     def where(self, i: int) -> str:
-        n = int(self._numbers[i])
-        return f"{self.source}:{n}" if self.unit == "line" else f"{self.source} annotation #{n}"
+        return _where(self.source, self.unit, int(self._numbers[i]))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         try:
