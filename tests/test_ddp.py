@@ -107,6 +107,7 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # three launches (1 process, 2 x torchrun with 2 processes): about 40 s of CPU
 @needs_fmnist
 def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli):
     single, double = tmp_path / "one", tmp_path / "two"
