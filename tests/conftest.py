@@ -13,9 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = SRC.parent
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-# Tiny Fashion-MNIST-LT settings for end-to-end tests: 60 images in the largest class, resnet8.
+# Tiny Fashion-MNIST-LT settings for end-to-end tests: 100 images in the largest class (IF 100 leaves 1 in the smallest), resnet8.
 TINY_FMNIST = [
-    "dataset.n_max=60", "dataset.val_per_class=10", "model.name=resnet8", "train.epochs=1",
+    "dataset.n_max=100", "dataset.val_per_class=10", "model.name=resnet8", "train.epochs=1",
     "train.batch_size=32", "train.progress=false", "data.num_workers=0", "eval.batch_size=2000",
 ]
 
@@ -43,3 +43,32 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def make_fake_cifar(root: Path, variant: str = "cifar10", train_per_class: int = 30, test_per_class: int = 10, seed: int = 0) -> Path:
+    """Write small CIFAR batches in the official python-pickle format (bytes keys, uint8 (N, 3072) data)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes = 10 if variant == "cifar10" else 100
+
+    def batch(per_class: int, label_key: bytes) -> dict:
+        labels = rng.permutation(np.repeat(np.arange(classes), per_class)).tolist()
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        return {b"batch_label": b"fake", label_key: labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
+
+    if variant == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 6):  # the official split spreads each class over five batches
+            part = batch(max(train_per_class // 5, 1), b"labels")
+            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(part, protocol=2))
+        (folder / "test_batch").write_bytes(pickle.dumps(batch(test_per_class, b"labels"), protocol=2))
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train").write_bytes(pickle.dumps(batch(train_per_class, b"fine_labels"), protocol=2))
+        (folder / "test").write_bytes(pickle.dumps(batch(test_per_class, b"fine_labels"), protocol=2))
+    return root

@@ -1,4 +1,4 @@
-"""The `longtail` command: train, evaluate. User mistakes end in one line on stderr and exit code 2."""
+"""The `longtail` command: train, evaluate, report. User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_table(metrics, f"{metrics['split']} metrics of {metrics['checkpoint_path']}:"))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .report import write_report
+    from .report.tables import markdown
+
+    report = write_report(args.runs, args.out)
+    for path in report.skipped:
+        print(f"longtail: skipped unfinished run '{path}' (no metrics.json)", file=sys.stderr)
+    print(markdown(report.tables))
+    counts = {"run": len(report.runs), "dataset": len(report.tables), "figure": sum(f.suffix == ".png" for f in report.files)}
+    print(f"wrote {Path(args.out) / 'index.html'}: " + ", ".join(f"{n} {w}{'s' if n != 1 else ''}" for w, n in counts.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -46,12 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
     evaluate.set_defaults(func=_evaluate)
+
+    report = commands.add_parser("report", help="tables and figures (markdown, CSV, PNG, HTML) from run directories")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders searched for them")
+    report.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for results.md, results.csv, figures/, index.html")
+    report.set_defaults(func=_report)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come after options too (`train CFG --out DIR train.epochs=5`)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
     except LongtailError as exc:

@@ -75,6 +75,7 @@ class LossConfig:
     scale: float = 30.0  # LDAM / cosine classifiers
     drw_epoch: int = 160  # LDAM-DRW: class-balanced re-weighting from this epoch
     drw_beta: float = 0.9999
+    num_experts: Optional[int] = None  # multi-expert losses (LGLA); null: the same as model.num_experts
 
 
 @dataclass
@@ -247,6 +248,8 @@ def from_flat(values: dict[str, Any]) -> Config:
             section = getattr(section, part)
         setattr(section, leaf, value)
     _check_ranges(cfg)
+    if cfg.loss.num_experts is None:  # resolved here so the loss table needs only the loss section
+        cfg.loss.num_experts = cfg.model.num_experts
     return cfg
 
 
@@ -257,6 +260,7 @@ def _check_ranges(cfg: Config) -> None:
         "eval.batch_size": cfg.eval.batch_size,
         "train.eval_every": cfg.train.eval_every,
         "model.num_experts": cfg.model.num_experts,
+        "loss.num_experts": cfg.model.num_experts if cfg.loss.num_experts is None else cfg.loss.num_experts,
     }
     for key, value in positive.items():
         if value < 1:

@@ -28,7 +28,7 @@ from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
-from .metrics import evaluate_predictions, format_table
+from .metrics import evaluate_predictions, expert_metrics, format_table
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
 from .models.pretrained import load_pretrained
@@ -141,9 +141,16 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
     return result
 
 
-def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
+def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime,
+                   experts: bool = False) -> dict:
+    """Metrics of the prediction argmax(logits); with `experts`, multi-expert models also get
+    'experts': one metrics dict per expert (left out of the per-epoch validation)."""
     out = predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
-    return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
+    metrics = evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
+    per_expert = expert_metrics(out, out["labels"], bundle.class_counts) if experts else []
+    if per_expert:
+        metrics["experts"] = per_expert
+    return metrics
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -336,7 +343,7 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     chosen = "best" if best_path.exists() else "last"
     if chosen == "best":
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    metrics = evaluate_split(model, bundle.test, bundle, cfg, runtime)
+    metrics = evaluate_split(model, bundle.test, bundle, cfg, runtime, experts=True)
     metrics.update({
         "split": "test",
         "checkpoint": chosen,

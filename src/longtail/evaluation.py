@@ -66,6 +66,6 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequen
     if data is None:
         raise LongtailError(f"the run has no validation split (dataset.val_source={cfg.dataset.val_source}); use --split test")
     model = restore_model(cfg, ckpt, runtime.device)
-    metrics = evaluate_split(model, data, bundle, cfg, runtime)
+    metrics = evaluate_split(model, data, bundle, cfg, runtime, experts=True)
     metrics.update({"split": split, "checkpoint_path": str(ckpt_path)})
     return metrics

@@ -55,11 +55,26 @@ def evaluate_predictions(preds: torch.Tensor, targets: torch.Tensor, class_count
     return summarize(confusion_matrix(preds, targets, len(class_counts)), class_counts)
 
 
+def expert_metrics(outputs: dict[str, torch.Tensor], labels: torch.Tensor, class_counts: Sequence[int]) -> list[dict]:
+    """Metrics of each expert's own prediction (argmax of its logits) when `outputs` holds
+    'expert_logits' (E, N, C); an empty list for single-head models."""
+    if "expert_logits" not in outputs:
+        return []
+    return [evaluate_predictions(logits.argmax(1), labels, class_counts) for logits in outputs["expert_logits"]]
+
+
 def format_table(metrics: dict, title: str = "") -> str:
+    """One row of accuracies; with per-expert metrics ('experts'), the ensemble row then one row per expert."""
+
     def pct(v: Optional[float]) -> str:
         return "  n/a" if v is None else f"{v:6.2f}"
 
     keys = ["top1", "mean_class_acc", "many", "medium", "few"]
-    head = " ".join(f"{k:>14}" for k in keys)
-    row = " ".join(f"{pct(metrics.get(k)):>14}" for k in keys)
-    return (f"{title}\n" if title else "") + head + "\n" + row
+    rows = [("", metrics)]
+    if metrics.get("experts"):
+        rows = [("ensemble", metrics)] + [(f"expert {i}", m) for i, m in enumerate(metrics["experts"])]
+    width = max(len(label) for label, _ in rows)
+    lead = (lambda label: f"{label:<{width}} ") if width else (lambda label: "")
+    lines = [lead("") + " ".join(f"{k:>14}" for k in keys)]
+    lines += [lead(label) + " ".join(f"{pct(m.get(k)):>14}" for k in keys) for label, m in rows]
+    return (f"{title}\n" if title else "") + "\n".join(lines)

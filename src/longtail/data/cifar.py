@@ -14,7 +14,9 @@ from ..errors import LongtailError
 from .base import RawDataset, TensorImages
 
 # The official batches hold dicts of lists, bytes and uint8 numpy arrays; nothing else may be built.
+# _codecs.encode only turns text into bytes: Python 3 pickles of protocol 2 need it for array data.
 _ALLOWED = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

@@ -8,9 +8,11 @@ from ..config import LossConfig
 from ..errors import LongtailError
 from .base import Loss
 from .cross_entropy import CrossEntropyLoss
+from .lgla import LGLALoss
 
 LOSSES: dict[str, Callable[[LossConfig, Sequence[int]], Loss]] = {
     "ce": lambda cfg, counts: CrossEntropyLoss(),
+    "lgla": lambda cfg, counts: LGLALoss(counts, cfg.num_experts, cfg.tau, cfg.scale),
 }
 
 
@@ -20,4 +22,4 @@ def create_loss(cfg: LossConfig, class_counts: Sequence[int]) -> Loss:
     return LOSSES[cfg.name](cfg, list(class_counts))
 
 
-__all__ = ["LOSSES", "Loss", "CrossEntropyLoss", "create_loss"]
+__all__ = ["LOSSES", "Loss", "CrossEntropyLoss", "LGLALoss", "create_loss"]

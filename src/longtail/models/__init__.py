@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .resnet_cifar import resnet8, resnet20, resnet32
 from .torchvision_resnets import torchvision_resnet
 
@@ -22,6 +23,13 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet50": lambda cfg, classes, channels: torchvision_resnet("resnet50", classes, channels),
     "resnext50_32x4d": lambda cfg, classes, channels: torchvision_resnet("resnext50_32x4d", classes, channels),
     "resnet152": lambda cfg, classes, channels: torchvision_resnet("resnet152", classes, channels),
+    # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
+    "resnet8_experts": cifar_experts_from_cfg(1),
+    "resnet20_experts": cifar_experts_from_cfg(3),
+    "resnet32_experts": cifar_experts_from_cfg(5),
+    "resnet50_experts": torchvision_experts_from_cfg("resnet50"),
+    "resnext50_experts": torchvision_experts_from_cfg("resnext50"),
+    "resnet152_experts": torchvision_experts_from_cfg("resnet152"),
 }
 
 

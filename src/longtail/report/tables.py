@@ -1,0 +1,297 @@
+"""Results tables in the seeds' layout: per dataset, one row per method (and post-hoc variant),
+one column per imbalance factor, cells "mean ± std (n seeds)" of top-1 accuracy (%), with the
+sample standard deviation (n - 1); a second table gives many / medium / few.
+
+Runs are seeds of one method when their configs differ only in the keys of NOT_METHOD.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from ..config import Config, flat_dict
+from ..errors import LongtailError
+from .runs import Run
+
+# What tables and legends call a method, by config key and value. A value not listed is shown as
+# written in the config. Multi-expert backbones (model.name ending in "_experts") add
+# "(N experts)"; single-head backbones are not part of the method's name.
+DISPLAY_NAMES: dict[str, dict[str, str]] = {
+    "loss.name": {
+        "ce": "CE",
+        "la": "LA loss",
+        "balanced_softmax": "Balanced Softmax",
+        "ldam_drw": "LDAM-DRW",
+        "bagmar": "BaGMar",
+        "gala": "GALA",
+        "lgla": "LGLA",
+    },
+    "eval.posthoc": {"la": "post-hoc LA", "pn": "PN", "tau_norm": "τ-norm"},
+}
+
+# Keys that do not change what a run computes (seeds, table and column, paths, speed options).
+NOT_METHOD = {
+    "seed", "dataset.seed",
+    "dataset.name", "dataset.imbalance_factor", "dataset.profile",
+    "dataset.root", "dataset.download", "data.num_workers", "data.pipeline", "device",
+    "train.progress", "train.resume", "train.compile", "eval.batch_size",
+}
+
+SHOTS = ("many", "medium", "few")
+MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
+
+
+@dataclass
+class Entry:
+    """One measured accuracy: a run's test metrics, or the same run after a post-hoc correction."""
+
+    run: Run
+    name: str
+    metrics: dict[str, Any]
+    variant: int = 0  # row order within a method: 0 raw, 1 fixed post-hoc, 2 tuned on val, 3 tuned otherwise
+    tau: Optional[float] = None  # tuned tau
+    tune: Optional[dict] = None  # the tune_*.json it came from
+
+    @property
+    def dataset(self) -> str:
+        return str(self.run.config.get("dataset.name", "?"))
+
+    @property
+    def column(self) -> str:
+        cfg = self.run.config
+        if cfg.get("dataset.train_list"):  # a given split (ImageNet-LT, ...): its own imbalance, from the counts
+            counts = [c for c in self.class_counts or [] if c > 0]
+            return f"IF {max(counts) / min(counts):.0f}" if counts else "given split"
+        factor, profile = float(cfg.get("dataset.imbalance_factor", 0)), cfg.get("dataset.profile", "exp")
+        return f"IF {factor:g}" if profile == "exp" else f"{str(profile).capitalize()}-{factor:g}"
+
+    @property
+    def column_order(self) -> tuple:
+        number = re.findall(r"[\d.]+", self.column)
+        return not self.column.startswith("IF"), -float(number[-1]) if number else 0.0
+
+    @property
+    def seed(self) -> tuple:
+        return self.run.config.get("seed"), self.run.config.get("dataset.seed")
+
+    @property
+    def identity(self) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in self.run.config.items() if k not in NOT_METHOD))
+
+    @property
+    def class_counts(self) -> Optional[list[int]]:
+        return self.metrics.get("class_counts") or self.run.metrics.get("class_counts")
+
+
+def _display(key: str, value: Any) -> str:
+    return DISPLAY_NAMES[key].get(str(value), str(value))
+
+
+def method_name(config: dict[str, Any]) -> str:
+    """The trained method: loss, and the number of experts for a multi-expert backbone."""
+    name = _display("loss.name", config.get("loss.name", "?"))
+    if str(config.get("model.name", "")).endswith("_experts"):
+        name += f" ({config.get('model.num_experts', '?')} experts)"
+    return name
+
+
+def entries(run: Run) -> list[Entry]:
+    """The rows a run contributes: its test metrics (raw and post-hoc when metrics.json holds both),
+    and one row per tune_*.json, at the tuned tau."""
+    cfg, metrics, base = run.config, run.metrics, method_name(run.config)
+    posthoc, tau = cfg.get("eval.posthoc", "none"), cfg.get("eval.tau", 1.0)
+    if isinstance(metrics.get("raw"), dict) and isinstance(metrics.get("posthoc"), dict):
+        corrected = metrics["posthoc"]
+        name = corrected.get("posthoc") or corrected.get("name") or posthoc
+        found = [Entry(run, base, metrics["raw"]),
+                 Entry(run, f"{base} + {_display('eval.posthoc', name)} (τ={corrected.get('tau', tau):g})", corrected, 1)]
+    elif posthoc != "none":
+        found = [Entry(run, f"{base} + {_display('eval.posthoc', posthoc)} (τ={tau:g})", metrics, 1)]
+    else:
+        found = [Entry(run, base, metrics)]
+    for name, tune in run.tunes.items():
+        on = tune.get("on", "val")
+        if not isinstance(tune.get("test"), dict):
+            raise LongtailError(f"tune_{name}.json in '{run.path}' has no 'test' metrics; re-run `longtail tune`")
+        label = "tuned τ" if on == "val" else f"τ tuned on {on}"
+        found.append(Entry(run, f"{base} + {_display('eval.posthoc', name)} ({label})", tune["test"],
+                           2 if on == "val" else 3, tune.get("tau"), tune))
+    return found
+
+
+@dataclass
+class Table:
+    """One dataset: rows (method label -> column -> entries) in display order."""
+
+    dataset: str
+    columns: list[str]
+    rows: dict[str, dict[str, list[Entry]]]
+    seeds: set = field(default_factory=set)
+
+    def row_entries(self, method: str) -> list[Entry]:
+        return [e for cell in self.rows[method].values() for e in cell]
+
+
+def build_tables(runs: Iterable[Run]) -> list[Table]:
+    found = [e for run in runs for e in entries(run)]
+    tables = []
+    for dataset in sorted({e.dataset for e in found}):
+        mine = [e for e in found if e.dataset == dataset]
+        labels = _disambiguate(mine)
+        loss_order = list(DISPLAY_NAMES["loss.name"])
+        # a method's variants (post-hoc rows) stay under the run they came from
+        mine.sort(key=lambda e: (_index(loss_order, e.run.config.get("loss.name")), method_name(e.run.config),
+                                 e.identity, e.variant, labels[id(e)]))
+        columns = [c for _, c in sorted({(e.column_order, e.column) for e in mine})]
+        rows: dict[str, dict[str, list[Entry]]] = {}
+        for e in mine:
+            rows.setdefault(labels[id(e)], {c: [] for c in columns})[e.column].append(e)
+        tables.append(Table(dataset, columns, rows, {e.seed for e in mine}))
+    return tables
+
+
+def _index(order: list, value: Any) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def _disambiguate(found: list[Entry]) -> dict[int, str]:
+    """Label per entry. Methods that share a display name but differ in config get, in brackets,
+    the differing keys whose value is not the default (so the all-default run keeps the plain name)."""
+    defaults = {k: repr(v) for k, v in flat_dict(Config()).items()}
+    labels = {}
+    for name in {e.name for e in found}:
+        same = [e for e in found if e.name == name]
+        configs = {e.identity: dict(e.identity) for e in same}
+        differing = sorted({k for c in configs.values() for k in c if any(c.get(k) != o.get(k) for o in configs.values())})
+        for e in same:
+            own = configs[e.identity]
+            keys = [f"{k}={own[k] if k in own else 'unset'}".replace("'", "") for k in differing if own.get(k) != defaults.get(k)]
+            labels[id(e)] = f"{name} [{', '.join(keys)}]" if keys else name
+    return labels
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], int]:
+    """Mean, sample standard deviation (None for fewer than 2 values) and count of the non-null values."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None, 0
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None, len(present)
+
+
+def _pm(mean: float, std: Optional[float]) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def top1_cell(cell: list[Entry], expected: int) -> str:
+    """'mean ± std (n seeds)', with 'n of m' when seeds of the table are missing, and the tuned tau."""
+    if not cell:
+        return MISSING
+    mean, std, n = mean_std(e.metrics.get("top1") for e in cell)
+    if mean is None:
+        return UNDEFINED
+    notes = [f"{n} of {expected} seeds" if n < expected else f"{n} seed" + ("s" if n != 1 else "")]
+    distinct = len({e.seed for e in cell})
+    if distinct < n:  # several runs with the same seeds (e.g. copies): say so rather than count them as seeds
+        notes[0] = f"{n} runs of {distinct} seed" + ("s" if distinct != 1 else "")
+    taus = [e.tau for e in cell if e.tau is not None]
+    if taus:
+        low, high = min(taus), max(taus)
+        notes.append(f"τ={low:g}" if low == high else f"τ={low:g}–{high:g}")
+    return f"{_pm(mean, std)} ({', '.join(notes)})"
+
+
+def shot_cell(cell: list[Entry], shot: str) -> str:
+    if not cell:
+        return MISSING
+    mean, std, _ = mean_std(e.metrics.get(shot) for e in cell)
+    return UNDEFINED if mean is None else _pm(mean, std)
+
+
+def grid(table: Table, shots: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of strings, first column the method."""
+    if shots:
+        header = ["Method"] + [f"{c} {s}" for c in table.columns for s in SHOTS]
+        rows = [[m] + [shot_cell(cells[c], s) for c in table.columns for s in SHOTS] for m, cells in table.rows.items()]
+    else:
+        header = ["Method"] + table.columns
+        rows = [[m] + [top1_cell(cells[c], len(table.seeds)) for c in table.columns] for m, cells in table.rows.items()]
+    return header, rows
+
+
+def provenance(table: Table) -> str:
+    """Which seeds, models and epoch counts stand behind a table."""
+    runs = {id(e.run): e.run for m in table.rows for e in table.row_entries(m)}.values()
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(r.config.get(key)) for r in runs}, key=lambda v: (len(v), v)))
+
+    return f"{len(runs)} run{'s' if len(runs) != 1 else ''}; seeds {values('seed')}; model {values('model.name')}; epochs {values('train.epochs')}"
+
+
+def tuned_on_test(table: Table) -> bool:
+    return any(e.tune is not None and e.tune.get("on", "val") != "val" for m in table.rows for e in table.row_entries(m))
+
+
+def summary(tables: list[Table]) -> list[dict[str, Any]]:
+    """The numbers behind the cells, one record per (dataset, method, column) that has runs."""
+    records = []
+    for table in tables:
+        for method, cells in table.rows.items():
+            for column, cell in cells.items():
+                if not cell:
+                    continue
+                record: dict[str, Any] = {"dataset": table.dataset, "method": method, "column": column,
+                                          "imbalance_factor": float(cell[0].run.config.get("dataset.imbalance_factor", 0))}
+                for key in ("top1", "mean_class_acc", *SHOTS):
+                    mean, std, n = mean_std(e.metrics.get(key) for e in cell)
+                    record.update({f"{key}_mean": mean, f"{key}_std": std})
+                    if key == "top1":
+                        record["n"] = n
+                taus = [e.tau for e in cell if e.tau is not None]
+                record["tau"] = statistics.fmean(taus) if taus else None
+                record["tuned_on"] = cell[0].tune.get("on", "val") if cell[0].tune else None
+                record["runs"] = ";".join(str(e.run.path) for e in cell)
+                records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- text formats
+
+
+def markdown(tables: list[Table]) -> str:
+    parts = ["# Results", "",
+             "Test accuracy (%) of the selected checkpoint, mean ± sample std over seeds (n - 1); "
+             f"'{MISSING}': no run for that cell; '{UNDEFINED}': the shot group has no classes; "
+             "τ: the post-hoc temperature chosen by `longtail tune`.", ""]
+    for table in tables:
+        parts += [f"## {table.dataset}", "", provenance(table) + ".", "", "Top-1 accuracy (%)", "", _md_table(*grid(table)), "",
+                  "Many / medium / few accuracy (%): classes with > 100, 20-100, < 20 training images", "",
+                  _md_table(*grid(table, shots=True)), ""]
+        if tuned_on_test(table):
+            parts += ["**Rows marked 'τ tuned on test' chose τ on the test set itself: optimistic, not comparable "
+                      "with the other rows.**", ""]
+    return "\n".join(parts)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| :-- |" + " :-: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def csv_rows(tables: list[Table], shots: bool = False) -> tuple[list[str], list[list[str]]]:
+    """All datasets in one sheet: columns dataset, method and the union of the tables' columns."""
+    columns: list[str] = []
+    records = []
+    for table in tables:
+        header, rows = grid(table, shots)
+        columns += [c for c in header[1:] if c not in columns]
+        records += [{"dataset": table.dataset, **dict(zip(header, row))} for row in rows]
+    header = ["dataset", "Method", *columns]
+    return header, [[r.get(c, "") for c in header] for r in records]

@@ -1,0 +1,87 @@
+"""Tiny Fashion-MNIST-LT runs through the real CLI: the run-directory contract, evaluate, resume."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_FMNIST, needs_fmnist
+from longtail.checkpoint import load_checkpoint
+
+pytestmark = needs_fmnist
+CONFIG = "configs/fmnist_lt/ce_imba100.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import run_cli
+
+    run = tmp_path_factory.mktemp("runs") / "ce"
+    proc = run_cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(run))
+    return run, proc
+
+
+def test_run_directory_contract(trained):
+    run, proc = trained
+    for name in ("config.yaml", "metrics.json", "epochs.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("top1", "mean_class_acc", "many", "medium", "few", "per_class", "split"):
+        assert key in metrics
+    assert metrics["split"] == "test" and len(metrics["per_class"]) == 10
+    # n_max 100, IF 100: counts 100 ... 1, so no class has more than 100 images
+    assert metrics["many"] is None and metrics["num_images"] == 10000
+    rows = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "val_top1" in rows[0]
+    assert "test metrics" in proc.stdout
+
+
+def test_checkpoint_carries_config_and_counts(trained):
+    run, _ = trained
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["config"]["dataset"]["n_max"] == 100
+    assert ckpt["class_counts"][0] == 100 and ckpt["num_classes"] == 10
+    assert {"optimizer", "scheduler", "loss", "progress"} <= set(ckpt)
+
+
+def test_evaluate_reproduces_the_test_metrics(trained, cli):
+    run, _ = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    proc = cli("evaluate", str(run), "--split", "test")
+    assert f"{metrics['top1']:6.2f}" in proc.stdout
+    assert "val metrics" in cli("evaluate", str(run / "checkpoints" / "best.pt"), "--split", "val").stdout
+
+
+def test_resume_equals_uninterrupted(trained, cli, tmp_path):
+    run, _ = trained
+    part = tmp_path / "part"
+    cli("train", CONFIG, *TINY_FMNIST, "train.epochs=1", "--out", str(part))
+    # continue the 1-epoch run to 2 epochs: only train.epochs differs, which the flag allows
+    cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(part), "--resume", "--allow-config-change")
+    full_w = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    part_w = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
+def test_resuming_a_finished_run_is_a_no_op(trained, cli):
+    run, _ = trained
+    before = (run / "metrics.json").read_text()
+    proc = cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(run), "--resume")
+    assert "nothing to do" in proc.stdout and (run / "metrics.json").read_text() == before
+
+
+def test_user_mistakes_are_one_line_errors(trained, cli, tmp_path):
+    run, _ = trained
+    cases = [
+        (["train", CONFIG, "train.epoch=3"], "did you mean 'train.epochs'"),
+        (["train", CONFIG, *TINY_FMNIST, "--out", str(run)], "already holds a run"),
+        (["train", CONFIG, *TINY_FMNIST, "train.epochs=2", "train.lr=0.5", "--out", str(run), "--resume"], "differs from the run being resumed in: train.lr"),
+        (["evaluate", str(tmp_path)], "not a run directory"),
+        (["train", str(tmp_path / "missing.yaml")], "does not exist"),
+    ]
+    for args, message in cases:
+        proc = cli(*args, check=False)
+        assert proc.returncode == 2, args
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
