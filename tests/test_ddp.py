@@ -20,7 +20,8 @@ from longtail.data.samplers import EpochSampler, SeededSampler
 # Augmentation stays on: each image's crop and flip follow from (seed, epoch, position), whatever the process count.
 # A small constant learning rate and few steps (2 epochs x 3 steps) keep float32 round-off, which differs
 # with the summation order, from growing chaotically (at lr 0.1 or 12+ steps it reaches 1e-3 in the weights).
-DDP_SETTINGS = [*TINY_FMNIST, "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
+# 240 training images (n_max 60, IF 10): divisible by 2 processes, so no image is repeated to pad the shards.
+DDP_SETTINGS = [*TINY_FMNIST, "dataset.n_max=60", "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
                 "train.warmup_epochs=0", "train.schedule=constant", "data.crop=true", "data.flip=true"]
 CONFIG = "configs/fmnist_lt/ce_imba100.yaml"
 

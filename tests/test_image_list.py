@@ -222,8 +222,6 @@ def test_train_evaluate_and_decoupled_retraining_via_cli(tree, tmp_path, cli):
     metrics = json.loads((stage1 / "metrics.json").read_text())
     assert metrics["num_images"] == TEST_PER_CLASS * 5 and metrics["class_counts"] == TRAIN_COUNTS
     assert metrics["selected_by"] == "val_top1" and len(metrics["per_class"]) == 5
-    shown = cli("evaluate", str(stage1), "--split", "val")
-    assert "val metrics" in shown.stdout
 
     # stage 2: frozen backbone from stage 1, class-balanced sampling, only the classifier trains
     stage2 = tmp_path / "stage2"
@@ -235,6 +233,10 @@ def test_train_evaluate_and_decoupled_retraining_via_cli(tree, tmp_path, cli):
     backbone = [k for k in before if not k.startswith("classifier.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # incl. BN running stats
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    # re-evaluating stage 2 needs only its own checkpoint, not the stage-1 file it started from
+    (stage1 / "checkpoints" / "best.pt").rename(tmp_path / "moved.pt")
+    shown = cli("evaluate", str(stage2), "--split", "val")
+    assert "val metrics" in shown.stdout
 
 
 def test_inat_json_trains_via_cli(tree, tmp_path, cli):
@@ -260,7 +262,13 @@ def test_bad_list_stops_the_cli_before_training(tree, tmp_path, cli):
 LARGE_SCALE = {"imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for d in LARGE_SCALE for p in (Path(__file__).parents[1] / "configs" / d).glob("*.yaml")))
+def _configs(folder: str) -> list[Path]:
+    """The CE / LA / GALA configs of a large-scale folder (the LGLA ones come with the LGLA issue)."""
+    return [p for p in sorted((Path(__file__).parents[1] / "configs" / folder).glob("*.yaml"))
+            if p.name.split("_")[0] in {"ce", "la", "gala"}]
+
+
+@pytest.mark.parametrize("path", [str(p) for d in LARGE_SCALE for p in _configs(d)])
 def test_large_scale_configs_load(path):
     cfg = load_config(path)  # every key exists, every choice is valid
     folder = Path(path).parent.name
@@ -277,5 +285,5 @@ def test_large_scale_configs_load(path):
 
 def test_large_scale_configs_ship_in_every_folder():
     for folder in LARGE_SCALE:
-        names = {p.name for p in (Path(__file__).parents[1] / "configs" / folder).glob("*.yaml")}
+        names = {p.name for p in _configs(folder)}
         assert {n.split("_")[0] for n in names} == {"ce", "la", "gala"} and sum("_pn_" in n for n in names) == 1

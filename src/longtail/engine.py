@@ -6,6 +6,7 @@ Reading order: `train_one_epoch`, `predict`, `fit` (with its run-directory helpe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -31,7 +32,6 @@ from .losses import Loss, create_loss
 from .metrics import evaluate_predictions, expert_metrics, format_table
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
-from .models.pretrained import load_pretrained
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 
@@ -245,9 +245,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
     bundle = build_data(cfg)
-    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
-    if cfg.model.pretrained is not None and resume_ckpt is None:  # a resumed run has its weights in last.pt
-        _load_pretrained(model, cfg, runtime, log)
+    model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
     if runtime.distributed and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, runtime.device)
     if cfg.model.freeze_backbone:
@@ -312,13 +310,16 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     return _final_test(cfg, run_dir, bundle, model, runtime, progress, best_path)
 
 
-def _load_pretrained(model: nn.Module, cfg: Config, runtime: Runtime, log) -> None:
-    # rank 0 first: a torchvision download then lands once in the cache before the others read it
-    if runtime.is_main:
-        log(load_pretrained(model, cfg.model))
-    distributed.barrier()
-    if not runtime.is_main:
-        load_pretrained(model, cfg.model)
+def _build_model(cfg: Config, bundle: DataBundle, runtime: Runtime, fresh: bool) -> nn.Module:
+    """The model; `model.pretrained` applies to a fresh run only (a resumed one has all weights in last.pt).
+    Rank 0 builds first, so a torchvision download lands in the cache once before the others read it."""
+    model_cfg = cfg.model if fresh else dataclasses.replace(cfg.model, pretrained=None)
+    model = create_model(model_cfg, bundle.num_classes, bundle.in_channels) if runtime.is_main else None
+    if model_cfg.pretrained is not None:
+        distributed.barrier()
+    if model is None:
+        model = create_model(model_cfg, bundle.num_classes, bundle.in_channels)
+    return model
 
 
 def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool) -> Optional[dict]:

@@ -11,18 +11,20 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import LongtailError
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
+from .pretrained import with_pretrained
 from .resnet_cifar import resnet8, resnet20, resnet32
 from .torchvision_resnets import torchvision_resnet
 
 # name -> function(cfg, num_classes, in_channels) -> model
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
-    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels),
-    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels),
-    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels),
-    # torchvision's ImageNet networks (weights via model.pretrained, see models/pretrained.py)
-    "resnet50": lambda cfg, classes, channels: torchvision_resnet("resnet50", classes, channels),
-    "resnext50_32x4d": lambda cfg, classes, channels: torchvision_resnet("resnext50_32x4d", classes, channels),
-    "resnet152": lambda cfg, classes, channels: torchvision_resnet("resnet152", classes, channels),
+    # single-head models; model.pretrained (a checkpoint, a state_dict file or 'torchvision') is applied when built
+    "resnet8": with_pretrained(resnet8),
+    "resnet20": with_pretrained(resnet20),
+    "resnet32": with_pretrained(resnet32),
+    # torchvision's ImageNet networks with `fc` named `classifier` (see torchvision_resnets.py)
+    "resnet50": with_pretrained(lambda classes, channels: torchvision_resnet("resnet50", classes, channels)),
+    "resnext50_32x4d": with_pretrained(lambda classes, channels: torchvision_resnet("resnext50_32x4d", classes, channels)),
+    "resnet152": with_pretrained(lambda classes, channels: torchvision_resnet("resnet152", classes, channels)),
     # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
     "resnet8_experts": cifar_experts_from_cfg(1),
     "resnet20_experts": cifar_experts_from_cfg(3),

@@ -1,5 +1,7 @@
 """Starting weights from `model.pretrained`: a longtail checkpoint (e.g. the CE run of a decoupled
 recipe's first stage), a plain state_dict such as torchvision's ImageNet .pth files, or 'torchvision'.
+Like every model, a single-head model takes `model.pretrained` when it is built (`with_pretrained` wraps
+its MODELS entry); a resumed run or a re-evaluated checkpoint builds it with `pretrained` unset.
 
 Every backbone tensor of the model must be found with its shape (a checkpoint of another architecture
 fails loudly instead of loading nothing). The classifier is re-initialised (classifier re-training,
@@ -11,6 +13,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -50,8 +53,8 @@ def read_state_dict(path_text: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: nn.Module, cfg: ModelConfig) -> str:
-    """Copy the backbone (and with `pretrained_classifier` the classifier) into `model`; returns a summary line."""
+def load_pretrained(model: nn.Module, cfg: ModelConfig) -> None:
+    """Copy the backbone (and with `pretrained_classifier` the classifier) into `model`."""
     spec = cfg.pretrained
     assert spec is not None
     state = torchvision_state_dict(cfg.name, spec) if spec.split(":", 1)[0] == "torchvision" else read_state_dict(spec)
@@ -72,5 +75,15 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig) -> str:
         )
     loaded = {k: state[k] for k in wanted if k in state}
     model.load_state_dict({**target, **loaded})
-    head = "kept from the file" if cfg.pretrained_classifier else "re-initialised"
-    return f"loaded {len(loaded)} tensors from model.pretrained '{spec}'; classifier {head}"
+
+
+def with_pretrained(build: Callable[[int, int], nn.Module]) -> Callable[[ModelConfig, int, int], nn.Module]:
+    """A MODELS entry for a single-head model: build(num_classes, in_channels), then apply model.pretrained."""
+
+    def make(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+        model = build(num_classes, in_channels)
+        if cfg.pretrained is not None:
+            load_pretrained(model, cfg)
+        return model
+
+    return make
