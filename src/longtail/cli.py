@@ -1,4 +1,4 @@
-"""The `longtail` command: train, evaluate, report. User mistakes end in one line on stderr and exit code 2."""
+"""The `longtail` command: train, evaluate, tune, report. User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -20,12 +20,43 @@ def _train(args: argparse.Namespace) -> None:
     fit(cfg, run_dir, allow_config_change=args.allow_config_change)
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_checkpoint
-    from .metrics import format_table
+def _class_counts(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LongtailError(f"--class-counts '{text}' must be comma-separated integers, e.g. 5000,2997,1796") from None
 
-    metrics = evaluate_checkpoint(args.run, split=args.split, overrides=args.overrides)
-    print(format_table(metrics, f"{metrics['split']} metrics of {metrics['checkpoint_path']}:"))
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_checkpoint, run_directory, save_json
+    from .metrics import format_table
+    from .posthoc import describe_posthoc
+
+    posthoc = args.posthoc or "none"
+    if posthoc == "none" and (args.tau is not None or args.save or args.pn_mass):
+        raise LongtailError("--tau, --pn-mass and --save go with --posthoc la|pn|tau_norm")
+    tau = 1.0 if args.tau is None else args.tau
+    metrics = evaluate_checkpoint(
+        args.run, split=args.split, overrides=args.overrides, posthoc=posthoc, tau=tau, pn_mass=args.pn_mass,
+        imbalance_factor=args.imbalance_factor, class_counts=_class_counts(args.class_counts),
+    )
+    title = f"{metrics['split']} metrics of {metrics['checkpoint_path']}"
+    if metrics["posthoc"] is not None:
+        print(format_table(metrics["raw"], f"{title}, raw argmax:"))
+        title += f", {describe_posthoc(metrics['posthoc'])}"
+    print(format_table(metrics, title + ":"))
+    if args.save:
+        out = run_directory(args.run) / f"eval_{posthoc}.json"
+        save_json(out, metrics)
+        print(f"wrote {out}")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from .tune import tune
+
+    tune(args.run, args.posthoc, grid=args.grid, on=args.on, overrides=args.overrides, pn_mass=args.pn_mass)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -57,7 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.add_argument("--posthoc", choices=["la", "pn", "tau_norm"], help="apply a post-hoc correction (no retraining)")
+    evaluate.add_argument("--tau", type=float, help="strength of the correction (default 1)")
+    evaluate.add_argument("--pn-mass", choices=["val", "transductive"], help="PN's class mass: from the validation split, "
+                          "or from the evaluated split itself (default: the run's eval.pn_mass)")
+    prior = evaluate.add_mutually_exclusive_group()
+    prior.add_argument("--imbalance-factor", type=float, help="la: adjust by the prior of this imbalance factor "
+                       "(same n_max and profile) instead of the checkpoint's training counts")
+    prior.add_argument("--class-counts", help="la: adjust by these per-class counts, e.g. 5000,2997,1796,...")
+    evaluate.add_argument("--save", action="store_true", help="write eval_<posthoc>.json into the run directory")
     evaluate.set_defaults(func=_evaluate)
+
+    tune = commands.add_parser("tune", help="choose the tau of a post-hoc correction on the validation split")
+    tune.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    tune.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.val_source=test_holdout")
+    tune.add_argument("--posthoc", choices=["la", "pn", "tau_norm"], required=True)
+    tune.add_argument("--grid", default="0:2:0.1", help="tau values: start:stop:step (stop included) or a list (default 0:2:0.1)")
+    tune.add_argument("--on", choices=["val", "test"], default="val",
+                      help="split to choose tau on; 'test' is optimistic and every output says TUNED ON TEST")
+    tune.add_argument("--pn-mass", choices=["val", "transductive"], help="PN's class mass (default: the run's eval.pn_mass)")
+    tune.set_defaults(func=_tune)
 
     report = commands.add_parser("report", help="tables and figures (markdown, CSV, PNG, HTML) from run directories")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders searched for them")
@@ -68,11 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    # overrides may come after options too (`train CFG --out DIR train.epochs=5`)
+    # key=value overrides may also follow the options (`tune RUN --posthoc la dataset.root=/data`),
+    # which plain parse_args rejects once the positionals are behind
     args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
-    if unknown or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:

@@ -62,6 +62,8 @@ class ModelConfig:
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
     freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
     pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
+    classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
+    scale: float = 30.0  # s of a cosine classifier
 
 
 @dataclass
@@ -105,8 +107,11 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 1024
-    posthoc: str = "none"  # none | la | pn | tau_norm
+    posthoc: str = "none"  # none | la | pn | tau_norm, applied at the final test (metrics.json also keeps "raw")
     tau: float = 1.0
+    # PN's per-class prediction mass: estimated on the validation split, or on the evaluated set
+    # itself (transductive, as the released GALA code does)
+    pn_mass: str = "val"  # val | transductive
 
 
 @dataclass
@@ -132,6 +137,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("multistep", "cosine", "constant"),
     "train.select": ("best_val", "last"),
     "eval.posthoc": ("none", "la", "pn", "tau_norm"),
+    "eval.pn_mass": ("val", "transductive"),
+    "model.classifier": ("linear", "cosine"),
 }
 
 
@@ -281,6 +288,30 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
         raise LongtailError(f"config key 'dataset.num_classes' must be at least 1 or null, got {cfg.dataset.num_classes}")
+    _check_consistency(cfg)
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Key combinations that would only fail, or silently mean something else, after training."""
+    if cfg.dataset.train_list is not None:  # list datasets (ImageNet-LT, ...): validation is dataset.val_list
+        has_val = cfg.dataset.val_list is not None
+    else:
+        has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
+    if cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val" and not has_val:
+        raise LongtailError(
+            "eval.posthoc=pn with eval.pn_mass=val estimates the class mass on the validation split, but the run has "
+            "none; set dataset.val_source=train_unused or test_holdout, or eval.pn_mass=transductive (the released form)"
+        )
+    if cfg.loss.name == "ldam_drw" and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise LongtailError(
+            f"loss.drw_epoch {cfg.loss.drw_epoch} is not below train.epochs {cfg.train.epochs}, so LDAM-DRW would never "
+            "re-weight; set loss.drw_epoch (0-based) below train.epochs, e.g. at 80% of the epochs"
+        )
+    if cfg.loss.name == "ldam_drw" and cfg.model.classifier == "cosine" and cfg.loss.scale != cfg.model.scale:
+        raise LongtailError(
+            f"loss.scale {cfg.loss.scale} differs from model.scale {cfg.model.scale}; LDAM's margin is in cosine units "
+            "of the classifier, so set them equal"
+        )
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

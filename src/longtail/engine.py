@@ -24,16 +24,17 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
-from .data.pipeline import TrainBatches, eval_batches, train_batches
+from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
 from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
-from .metrics import evaluate_predictions, expert_metrics, format_table
+from .metrics import evaluate_predictions, format_table
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
+from .posthoc import check_posthoc, classifier_weight, configured_metrics, describe_posthoc
 
 # Keys that may change between a run and its resume without changing what is computed.
 RESUME_SAFE_KEYS = {
@@ -91,10 +92,11 @@ def train_one_epoch(
         if steps % CHECK_EVERY == 0 or steps == len(batches):
             _check_finite(recent, steps, epoch)
             recent.zero_()
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
-                            img_s=f"{images * runtime.world_size / elapsed:.0f}")
-            bar.update(steps - bar.n)
+            if not bar.disable:  # reading the running loss is a second host sync; only for a visible bar
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                                img_s=f"{images * runtime.world_size / elapsed:.0f}")
+                bar.update(steps - bar.n)
     bar.close()
     elapsed = time.perf_counter() - start
     distributed.all_reduce_sum(loss_sum)
@@ -119,8 +121,9 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    """Every model output over the evaluated set, gathered from all processes, on the CPU in float32,
-    rows in the set's order. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
+    """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
+    float32, rows in the set's order. Outputs stay on the device until the end: one host sync per evaluation,
+    not one per batch. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -130,27 +133,26 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
         with autocast(cfg, runtime.device):
             out = model(x)
         for key, value in out.items():
+            if key == "features":  # not returned; keeping them would only cost memory
+                continue
             # multi-expert outputs are (E, B, C): keep the batch axis first while gathering
             value = value.transpose(0, 1) if key == "expert_logits" else value
             outputs.setdefault(key, []).append(value.float())
         labels.append(y)
-    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items() if k != "features"}
+    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items()}
     if "expert_logits" in result:
         result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
     result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
     return result
 
 
-def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime,
-                   experts: bool = False) -> dict:
-    """Metrics of the prediction argmax(logits); with `experts`, multi-expert models also get
-    'experts': one metrics dict per expert (left out of the per-epoch validation)."""
-    out = predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
-    metrics = evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
-    per_expert = expert_metrics(out, out["labels"], bundle.class_counts) if experts else []
-    if per_expert:
-        metrics["experts"] = per_expert
-    return metrics
+def predict_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
+    return predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+
+
+def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
+    out = predict_split(model, split, bundle, cfg, runtime)
+    return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -244,7 +246,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
 
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
-    bundle = build_data(cfg)
+    bundle = eval_splits_on_device(build_data(cfg), runtime.device)
     model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
     if runtime.distributed and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, runtime.device)
@@ -253,6 +255,8 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
         log(f"backbone frozen: training the classifier only ({trainable} parameters)")
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
+        check_posthoc(cfg.eval.posthoc, classifier_weight(model))
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
     batches = train_batches(bundle, cfg, runtime)
     optimizer = build_optimizer(model, cfg.train, fused=runtime.device.type == "cuda")
@@ -344,7 +348,12 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     chosen = "best" if best_path.exists() else "last"
     if chosen == "best":
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    metrics = evaluate_split(model, bundle.test, bundle, cfg, runtime, experts=True)
+    # one pass per split; the raw and post-hoc metrics are both computed from these outputs
+    test = predict_split(model, bundle.test, bundle, cfg, runtime)
+    needs_val = cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val"
+    val = predict_split(model, bundle.val, bundle, cfg, runtime) if needs_val and bundle.val is not None else None
+    metrics = configured_metrics(cfg.eval.posthoc, cfg.eval.tau, cfg.eval.pn_mass, test, val,
+                                 bundle.class_counts, classifier_weight(model))
     metrics.update({
         "split": "test",
         "checkpoint": chosen,
@@ -354,7 +363,11 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     })
     if runtime.is_main:
         _write_json(run_dir / "metrics.json", metrics)
-        print(format_table(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch}):"))
+        title = f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
+        if metrics["posthoc"] is not None:
+            print(format_table(metrics["raw"], f"{title}, raw argmax:"))
+            title += f", {describe_posthoc(metrics['posthoc'])}"
+        print(format_table(metrics, title + ":"))
     return metrics
 
 

@@ -1,10 +1,16 @@
-"""Re-evaluating saved models: a checkpoint carries the config and class counts it needs."""
+"""Re-evaluating saved models: a checkpoint carries the config and class counts it needs.
+
+`load_outputs` runs the model once over the splits asked for; every metric, raw or post-hoc, at
+any tau, is then computed from those stored logits (`evaluate_checkpoint`, and `tune`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -12,10 +18,11 @@ from torch import nn
 from . import distributed
 from .checkpoint import load_checkpoint
 from .config import Config, flatten, from_flat, parse_override
-from .data import DataBundle, build_data
-from .engine import evaluate_split
+from .data import DataBundle, build_data, long_tailed_counts
+from .engine import predict_split
 from .errors import LongtailError
 from .models import create_model
+from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -28,6 +35,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise LongtailError(f"'{path}' is neither a run directory nor a checkpoint file")
     return path
+
+
+def run_directory(path: str | Path) -> Path:
+    """Where result files of a run go: the run directory, or the folder of a loose checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
@@ -59,15 +74,113 @@ def check_bundle(bundle: DataBundle, ckpt: dict) -> None:
         )
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequence[str] = ()) -> dict:
-    cfg, ckpt, ckpt_path = load_run(path, overrides)
+@dataclass
+class RunOutputs:
+    """A run's checkpoint evaluated once: logits and labels per split ({'logits', 'labels'})."""
+
+    cfg: Config
+    ckpt_path: Path
+    class_counts: list[int]  # the training counts saved with the checkpoint
+    weight: Optional[torch.Tensor]  # model.classifier.weight, for tau_norm
+    splits: dict[str, Optional[dict[str, torch.Tensor]]]  # None: the run has no such split
+
+    def split(self, name: str, purpose: str = "", alternative: str = "use --split test") -> dict[str, torch.Tensor]:
+        out = self.splits.get(name)
+        if out is None:
+            raise LongtailError(
+                f"the run has no {'validation' if name == 'val' else name} split (dataset.val_source="
+                f"{self.cfg.dataset.val_source}){purpose}; add the override dataset.val_source=test_holdout (a labelled "
+                f"hold-out of the test set, e.g. with dataset.val_per_class=20), or {alternative}"
+            )
+        return out
+
+
+def load_outputs(path: str | Path, overrides: Sequence[str] = (), splits: Sequence[str] = ("val", "test")) -> RunOutputs:
+    return outputs_of(*load_run(path, overrides), splits)
+
+
+def outputs_of(cfg: Config, ckpt: dict, ckpt_path: Path, splits: Sequence[str]) -> RunOutputs:
+    """Run a loaded checkpoint once over each split named (val and/or test)."""
     runtime = distributed.setup(cfg.device)
-    bundle = build_data(cfg)
-    check_bundle(bundle, ckpt)
-    data = bundle.val if split == "val" else bundle.test
-    if data is None:
-        raise LongtailError(f"the run has no validation split (dataset.val_source={cfg.dataset.val_source}); use --split test")
-    model = restore_model(cfg, ckpt, runtime.device)
-    metrics = evaluate_split(model, data, bundle, cfg, runtime, experts=True)
-    metrics.update({"split": split, "checkpoint_path": str(ckpt_path)})
+    try:
+        bundle = build_data(cfg)
+        check_bundle(bundle, ckpt)
+        model = restore_model(cfg, ckpt, runtime.device)
+        data = {"val": bundle.val, "test": bundle.test}
+        outputs = {s: (predict_split(model, data[s], bundle, cfg, runtime) if data[s] is not None else None) for s in splits}
+    finally:
+        distributed.cleanup()
+    return RunOutputs(cfg, ckpt_path, list(ckpt["class_counts"]), classifier_weight(model), outputs)
+
+
+def prior_counts(
+    train_counts: Sequence[int], cfg: Config, imbalance_factor: Optional[float] = None,
+    class_counts: Optional[Sequence[int]] = None,
+) -> list[int]:
+    """The counts `la` adjusts by: the checkpoint's training counts, or those of another imbalance
+    factor (same n_max and profile), or an explicit list (seed 004's `imb_ratio` override)."""
+    if imbalance_factor is not None and class_counts is not None:
+        raise LongtailError("pass either an imbalance factor or class counts, not both")
+    if imbalance_factor is not None:
+        return long_tailed_counts(max(train_counts), len(train_counts), imbalance_factor, cfg.dataset.profile)
+    if class_counts is not None:
+        counts = list(class_counts)
+        if len(counts) != len(train_counts) or any(int(n) != n or n < 1 for n in counts):
+            raise LongtailError(
+                f"class counts must be {len(train_counts)} positive integers (one per class), got {len(counts)} values"
+            )
+        return [int(n) for n in counts]
+    return list(train_counts)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    overrides: Sequence[str] = (),
+    posthoc: str = "none",
+    tau: float = 1.0,
+    pn_mass: Optional[str] = None,
+    imbalance_factor: Optional[float] = None,
+    class_counts: Optional[Sequence[int]] = None,
+) -> dict:
+    """Metrics of a saved model on `split`, optionally after a post-hoc correction (no retraining).
+
+    pn_mass (default: the run's eval.pn_mass) is where PN's class mass comes from: "val" or the
+    evaluated split itself ("transductive"). imbalance_factor / class_counts replace the prior of `la`.
+    """
+    if (imbalance_factor is not None or class_counts is not None) and posthoc != "la":
+        raise LongtailError("an imbalance factor or class counts only change the prior of --posthoc la")
+    cfg, ckpt, ckpt_path = load_run(path, overrides)
+    pn_mass = pn_mass or cfg.eval.pn_mass
+    needed = {split} | ({"val"} if posthoc == "pn" and pn_mass == "val" else set())
+    run = outputs_of(cfg, ckpt, ckpt_path, sorted(needed))
+    evaluated = run.split(split)
+    val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if "val" in needed else None
+    prior = prior_counts(run.class_counts, run.cfg, imbalance_factor, class_counts)
+    metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)
+    metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts})
     return metrics
+
+
+def save_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def sweep(
+    name: str, logits: torch.Tensor, labels: torch.Tensor, taus: Sequence[float], class_counts: Sequence[int],
+    inputs: PosthocInputs,
+) -> list[dict]:
+    """Metrics of one correction at every tau, from the same logits."""
+    rows = []
+    for tau in taus:
+        m = scored_metrics(logits, labels, class_counts, name, tau, inputs)
+        rows.append({"tau": tau, **{k: m[k] for k in ("top1", "mean_class_acc", "many", "medium", "few")}})
+    return rows
+
+
+__all__ = [
+    "RunOutputs", "load_outputs", "outputs_of", "load_run", "resolve_checkpoint", "restore_model", "check_bundle",
+    "evaluate_checkpoint", "prior_counts", "run_directory", "save_json", "sweep", "class_mass",
+]

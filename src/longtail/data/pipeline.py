@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+import dataclasses
+from typing import Iterator, Optional, Protocol
 
 import torch
 
@@ -10,6 +11,8 @@ from ..config import Config
 from ..distributed import Runtime
 from ..errors import LongtailError
 from .base import DataBundle, TensorImages
+from .batch_augment import BatchAugment
+from .device import DevicePipeline, normalize_uint8, stats_tensor
 from .loader import LoaderPipeline, TransformedImages, eval_batches as loader_eval_batches
 from .samplers import EpochSampler, SeededSampler
 from .transforms import image_eval_transform, image_train_transform, train_transform
@@ -38,6 +41,32 @@ def _labels(split) -> torch.Tensor:
     return split.labels if isinstance(split, TensorImages) else torch.as_tensor(split.targets)
 
 
+def device_unsupported(cfg: Config) -> list[str]:
+    """Augmentation keys the device pipeline does not implement (they need data.pipeline=loader)."""
+    keys = (("data.randaugment", cfg.data.randaugment), ("data.color_jitter", cfg.data.color_jitter),
+            ("data.grayscale", cfg.data.grayscale), ("data.blur", cfg.data.blur))
+    return [key for key, on in keys if on]
+
+
+def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
+    """`auto`: the device pipeline for in-memory datasets (fmnist_lt, cifar10_lt, cifar100_lt), unless the
+    config asks for augmentation only the loader has; the loader for image-list datasets."""
+    name = cfg.data.pipeline
+    if name == "auto":
+        return "device" if bundle.in_memory and not device_unsupported(cfg) else "loader"
+    if name == "device" and not bundle.in_memory:
+        raise LongtailError(
+            f"data.pipeline=device needs an in-memory dataset (fmnist_lt, cifar10_lt, cifar100_lt); "
+            f"'{bundle.name}' is read from image files: use data.pipeline=loader or auto"
+        )
+    if name == "device" and device_unsupported(cfg):
+        raise LongtailError(
+            f"data.pipeline=device does not implement {', '.join(device_unsupported(cfg))}; "
+            "use data.pipeline=loader or turn them off"
+        )
+    return name
+
+
 def _train_dataset(bundle: DataBundle, cfg: Config) -> TransformedImages:
     if bundle.in_memory:
         size = int(bundle.train.images.shape[-1])
@@ -53,10 +82,28 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
         _labels(bundle.train), seed=cfg.seed, class_balanced=cfg.data.sampler == "class_balanced",
         rank=runtime.rank, world_size=runtime.world_size,
     )
+    batch_size = per_process_batch(cfg, runtime)
+    if choose_pipeline(bundle, cfg) == "device":
+        height, width = bundle.train.images.shape[-2:]
+        augment = BatchAugment(int(height), int(width), crop=cfg.data.crop, flip=cfg.data.flip,
+                               autoaugment=cfg.data.autoaugment, cutout=cfg.data.cutout)
+        return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment)
     return LoaderPipeline(
-        _train_dataset(bundle, cfg), SeededSampler(sampler), per_process_batch(cfg, runtime), seed=cfg.seed,
+        _train_dataset(bundle, cfg), SeededSampler(sampler), batch_size, seed=cfg.seed,
         num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda",
     )
+
+
+def eval_splits_on_device(bundle: DataBundle, device: torch.device) -> DataBundle:
+    """On CUDA, copy the in-memory validation and test splits to the device once, so each evaluation
+    reads them there instead of copying every batch from the host."""
+    if not bundle.in_memory or device.type != "cuda":
+        return bundle
+
+    def move(split: Optional[TensorImages]) -> Optional[TensorImages]:
+        return None if split is None else TensorImages(split.images.to(device), split.labels.to(device))
+
+    return dataclasses.replace(bundle, val=move(bundle.val), test=move(bundle.test))
 
 
 def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,10 +118,10 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
         for x, y in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
             yield x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         return
-    index = torch.arange(runtime.rank, len(split), runtime.world_size)
-    mean = torch.tensor(bundle.mean, device=runtime.device).view(1, -1, 1, 1)
-    std = torch.tensor(bundle.std, device=runtime.device).view(1, -1, 1, 1)
-    for start in range(0, len(index), cfg.eval.batch_size):
-        rows = index[start : start + cfg.eval.batch_size]
-        x = split.images[rows].to(runtime.device, non_blocking=True).float().div_(255)
-        yield (x - mean) / std, split.labels[rows].to(runtime.device, non_blocking=True)
+    # every world_size-th image as strided views: no index tensors, no host copies when the split is on the device
+    images, labels = split.images[runtime.rank :: runtime.world_size], split.labels[runtime.rank :: runtime.world_size]
+    mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
+    for start in range(0, len(labels), cfg.eval.batch_size):
+        x = images[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
+        y = labels[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
+        yield normalize_uint8(x, mean, std), y

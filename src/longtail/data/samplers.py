@@ -3,7 +3,7 @@ draws the same batches, and every process of a distributed run agrees on it."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 

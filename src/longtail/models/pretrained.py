@@ -77,11 +77,11 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig) -> None:
     model.load_state_dict({**target, **loaded})
 
 
-def with_pretrained(build: Callable[[int, int], nn.Module]) -> Callable[[ModelConfig, int, int], nn.Module]:
-    """A MODELS entry for a single-head model: build(num_classes, in_channels), then apply model.pretrained."""
+def with_pretrained(build: Callable[[ModelConfig, int, int], nn.Module]) -> Callable[[ModelConfig, int, int], nn.Module]:
+    """A MODELS entry for a single-head model: build it, then apply model.pretrained (when set)."""
 
     def make(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-        model = build(num_classes, in_channels)
+        model = build(cfg, num_classes, in_channels)
         if cfg.pretrained is not None:
             load_pretrained(model, cfg)
         return model

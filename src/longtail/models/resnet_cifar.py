@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cosine import CosineClassifier
+
 
 class ShortcutA(nn.Module):
     """Option A: subsample by 2 and zero-pad the new channels."""
@@ -50,16 +52,18 @@ def init_weights(module: nn.Module) -> None:
 
 
 class CifarResNet(nn.Module):
-    """Returns {'logits': (B, C), 'features': (B, 64)}."""
+    """Returns {'logits': (B, C), 'features': (B, 64)}. `classifier`: 'linear' (with bias) or
+    'cosine' (s * cos(w_c, f), scale `scale`)."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3):
+    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3,
+                 classifier: str = "linear", scale: float = 30.0):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.stage1 = make_stage(16, 16, blocks_per_stage, 1)
         self.stage2 = make_stage(16, 32, blocks_per_stage, 2)
         self.stage3 = make_stage(32, 64, blocks_per_stage, 2)
         self.feature_dim = 64
-        self.classifier = nn.Linear(64, num_classes)
+        self.classifier = nn.Linear(64, num_classes) if classifier == "linear" else CosineClassifier(64, num_classes, scale)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,13 +72,13 @@ class CifarResNet(nn.Module):
         return {"logits": self.classifier(features), "features": features}
 
 
-def resnet32(num_classes: int, in_channels: int = 3) -> CifarResNet:
-    return CifarResNet(5, num_classes, in_channels)
+def resnet32(num_classes: int, in_channels: int = 3, **head) -> CifarResNet:
+    return CifarResNet(5, num_classes, in_channels, **head)
 
 
-def resnet20(num_classes: int, in_channels: int = 3) -> CifarResNet:
-    return CifarResNet(3, num_classes, in_channels)
+def resnet20(num_classes: int, in_channels: int = 3, **head) -> CifarResNet:
+    return CifarResNet(3, num_classes, in_channels, **head)
 
 
-def resnet8(num_classes: int, in_channels: int = 3) -> CifarResNet:
-    return CifarResNet(1, num_classes, in_channels)
+def resnet8(num_classes: int, in_channels: int = 3, **head) -> CifarResNet:
+    return CifarResNet(1, num_classes, in_channels, **head)

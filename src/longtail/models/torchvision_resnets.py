@@ -7,12 +7,14 @@ every other parameter keeps torchvision's name, so its ImageNet weights load as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import LongtailError
+from .cosine import CosineClassifier
 
 # config name -> name of its weights enum in torchvision.models (the constructor has the config name).
 # torchvision.models is imported only when one is built: it takes seconds to import.
@@ -27,9 +29,11 @@ DEFAULT_WEIGHTS = "IMAGENET1K_V1"
 
 
 class TorchvisionResNet(nn.Module):
-    """Returns {'logits': (B, C), 'features': (B, 2048)}; the linear head is `classifier`."""
+    """Returns {'logits': (B, C), 'features': (B, 2048)}; the head is `classifier`: 'linear' (with bias)
+    or 'cosine' (s * cos(w_c, f), scale `scale`)."""
 
-    def __init__(self, net: Any, num_classes: int, in_channels: int = 3):  # net: a torchvision ResNet
+    def __init__(self, net: Any, num_classes: int, in_channels: int = 3, classifier: str = "linear",
+                 scale: float = 30.0):  # net: a torchvision ResNet
         super().__init__()
         if in_channels != 3:  # grey or multi-band inputs: a fresh first convolution of the same shape otherwise
             net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)
@@ -37,7 +41,10 @@ class TorchvisionResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.avgpool = net.avgpool
         self.feature_dim = net.fc.in_features
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        if classifier == "linear":
+            self.classifier: nn.Module = nn.Linear(self.feature_dim, num_classes)
+        else:
+            self.classifier = CosineClassifier(self.feature_dim, num_classes, scale)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -46,11 +53,20 @@ class TorchvisionResNet(nn.Module):
         return {"logits": self.classifier(features), "features": features}
 
 
-def torchvision_resnet(name: str, num_classes: int, in_channels: int = 3) -> TorchvisionResNet:
+def torchvision_resnet(name: str, num_classes: int, in_channels: int = 3, **head: Any) -> TorchvisionResNet:
     """Randomly initialised (torchvision's initialisation); weights come from `model.pretrained`."""
     import torchvision.models as tvm
 
-    return TorchvisionResNet(getattr(tvm, name)(weights=None), num_classes, in_channels)
+    return TorchvisionResNet(getattr(tvm, name)(weights=None), num_classes, in_channels, **head)
+
+
+def torchvision_from_cfg(name: str) -> Callable[[ModelConfig, int, int], TorchvisionResNet]:
+    """The MODELS constructor of torchvision network `name` (model.classifier and model.scale pick the head)."""
+
+    def build(cfg: ModelConfig, num_classes: int, in_channels: int) -> TorchvisionResNet:
+        return torchvision_resnet(name, num_classes, in_channels, classifier=cfg.classifier, scale=cfg.scale)
+
+    return build
 
 
 def torchvision_state_dict(model_name: str, spec: str = "torchvision") -> dict[str, torch.Tensor]:

@@ -104,10 +104,10 @@ def entries(run: Run) -> list[Entry]:
     cfg, metrics, base = run.config, run.metrics, method_name(run.config)
     posthoc, tau = cfg.get("eval.posthoc", "none"), cfg.get("eval.tau", 1.0)
     if isinstance(metrics.get("raw"), dict) and isinstance(metrics.get("posthoc"), dict):
-        corrected = metrics["posthoc"]
-        name = corrected.get("posthoc") or corrected.get("name") or posthoc
-        found = [Entry(run, base, metrics["raw"]),
-                 Entry(run, f"{base} + {_display('eval.posthoc', name)} (τ={corrected.get('tau', tau):g})", corrected, 1)]
+        # metrics.json: the configured (post-hoc) prediction at the top level, plain argmax under "raw"
+        block = metrics["posthoc"]
+        label = f"{_display('eval.posthoc', block.get('name', posthoc))} (τ={block.get('tau', tau):g})"
+        found = [Entry(run, base, metrics["raw"]), Entry(run, f"{base} + {label}", metrics, 1)]
     elif posthoc != "none":
         found = [Entry(run, f"{base} + {_display('eval.posthoc', posthoc)} (τ={tau:g})", metrics, 1)]
     else:

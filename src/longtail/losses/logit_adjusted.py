@@ -1,0 +1,35 @@
+"""Logit-adjusted loss (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021).
+
+    loss = CE(z + tau * log pi, y),   pi_c = n_c / sum(n)
+
+The prior is added only during training; predictions use the plain logits z, which then
+estimate the balanced (class-uniform) posterior. With tau = 1 this equals Balanced Softmax.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import Loss
+
+# Menon et al.'s TensorFlow code adds this inside the log, so an empty class stays finite.
+LOG_EPS = 1e-12
+
+
+def log_prior(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """log pi_c of the training split, in float32."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    return torch.log(counts / counts.sum() + LOG_EPS).float()
+
+
+class LogitAdjustedLoss(Loss):
+    def __init__(self, class_counts: Sequence[int], tau: float = 1.0):
+        super().__init__()
+        self.tau = float(tau)
+        self.register_buffer("log_prior", log_prior(class_counts))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.tau * self.log_prior, targets)

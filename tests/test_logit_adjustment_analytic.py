@@ -1,0 +1,98 @@
+"""Menon et al. (ICLR 2021) section 6.1, the analytic check of logit adjustment.
+
+Two classes, 2-D isotropic Gaussians (sigma 1) with means +(1, 1) and -(1, 1), P(+1) = 5 %. The
+Bayes-optimal balanced error is Phi(-sqrt 2) = 7.86 %. A linear softmax model trained by plain ERM
+learns the imbalanced posterior and sits near 18 %; the logit-adjusted loss, and ERM followed by
+post-hoc logit adjustment, recover the balanced-optimal boundary.
+
+Training is full-batch L-BFGS in float64 on a fixed sample (deterministic); the balanced error of
+the learned linear boundary is then evaluated in closed form, so no test-set noise enters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from longtail.losses import CrossEntropyLoss, LogitAdjustedLoss
+from longtail.posthoc import logit_adjust
+
+BAYES = 100 * 0.5 * math.erfc(1.0)  # Phi(-sqrt 2) in percent = 7.865
+MEAN = torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def sample(n: int = 200_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g, dtype=torch.float64) < 0.05).long()  # class 1 = the rare "+1"
+    x = torch.where(y[:, None] == 1, MEAN, -MEAN) + torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def train_linear(x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2).double()
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-10,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model
+
+
+def balanced_error(model: torch.nn.Linear, offset: torch.Tensor | None = None) -> float:
+    """Exact balanced error (%) of argmax(W x + b + offset) under the two Gaussians."""
+    w, b = model.weight.detach(), model.bias.detach() + (0 if offset is None else offset)
+    d, c = (w[1] - w[0]), float(b[1] - b[0])  # predict +1 where d.x + c > 0
+    norm = float(d.norm())
+    miss_pos = _phi(-(float(d @ MEAN) + c) / norm)  # x ~ N(+mean, I) falls on the negative side
+    miss_neg = _phi((float(d @ -MEAN) + c) / norm)
+    return 100 * (miss_pos + miss_neg) / 2
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = sample()
+    counts = torch.bincount(y, minlength=2).tolist()
+    return x, y, counts
+
+
+@pytest.fixture(scope="module")
+def erm_model(data):
+    x, y, _ = data
+    return train_linear(x, y, CrossEntropyLoss())
+
+
+def test_bayes_error_is_the_papers_figure():
+    assert BAYES == pytest.approx(7.865, abs=1e-3)
+
+
+def test_plain_erm_is_far_from_balanced_optimal(erm_model):
+    erm = balanced_error(erm_model)
+    assert erm > BAYES + 7  # about 18 %
+    assert erm == pytest.approx(18.1, abs=1.5)
+
+
+def test_logit_adjusted_loss_reaches_the_bayes_balanced_error(data):
+    x, y, counts = data
+    err = balanced_error(train_linear(x, y, LogitAdjustedLoss(counts, tau=1.0)))
+    assert abs(err - BAYES) < 0.5
+
+
+def test_erm_with_post_hoc_logit_adjustment_reaches_the_bayes_balanced_error(data, erm_model):
+    _, _, counts = data
+    model = erm_model
+    offset = logit_adjust(torch.zeros(1, 2, dtype=torch.float64), counts, tau=1.0)[0]  # -log pi per class
+    err = balanced_error(model, offset)
+    assert abs(err - BAYES) < 0.5
+    assert balanced_error(model, offset * 0) > BAYES + 7  # tau 0 is plain ERM again
