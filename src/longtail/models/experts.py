@@ -20,30 +20,15 @@ import os
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from .cosine import CosineClassifier
 from .resnet_cifar import init_weights, make_stage
 
 COSINE_SCALE = 30.0  # s of LGLA / SADE; the LGLA loss reads angles as arccos(z_y / s) with the same s
-
-
-class CosineClassifier(nn.Module):
-    """logits = s * <f / |f|, w_c / |w_c|>; no bias. Computed in float32 even under autocast,
-    because the AAW loss turns these logits back into angles."""
-
-    def __init__(self, in_features: int, num_classes: int, scale: float = COSINE_SCALE):
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):
-            cos = F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
-        return self.scale * cos
 
 
 class MultiExpertNet(nn.Module):
