@@ -125,3 +125,10 @@ def test_global_batchnorm_alone_is_batchnorm():
     x = torch.randn(6, 3, 8, 8)
     assert torch.allclose(converted(x), plain(x), atol=1e-6)
     assert torch.allclose(converted[1].running_var, plain[1].running_var)
+
+
+def test_cosine_head_for_torchvision_models():
+    model = create_model(ModelConfig(name="resnet50", classifier="cosine", scale=16.0), 6, 3)
+    assert not isinstance(model.classifier, nn.Linear)
+    logits = model(torch.randn(2, 3, 64, 64))["logits"]
+    assert logits.shape == (2, 6) and logits.abs().max() <= 16.0 + 1e-4
