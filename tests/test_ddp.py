@@ -1,6 +1,7 @@
 """Distributed training on CPU (gloo): samplers split every global batch exactly, gathered evaluation
 keeps the set's order with uneven shards, BatchNorm statistics cover the global batch, and a
-2-process torchrun run (and its resume) matches the 1-process run with the same global batch."""
+2-process torchrun run (and its resume) of the GALA loss matches the 1-process run with the same
+global batch: metrics, weights and the loss's gradient statistics."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from longtail.data.samplers import EpochSampler, SeededSampler
 # A small constant learning rate and few steps (2 epochs x 3 steps) keep float32 round-off, which differs
 # with the summation order, from growing chaotically (at lr 0.1 or 12+ steps it reaches 1e-3 in the weights).
 # 240 training images (n_max 60, IF 10): divisible by 2 processes, so no image is repeated to pad the shards.
+# GALA: its statistics are summed over the processes each step (losses/gala.py), so they must match too.
 DDP_SETTINGS = [*TINY_FMNIST, "dataset.n_max=60", "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
-                "train.warmup_epochs=0", "train.schedule=constant", "data.crop=true", "data.flip=true"]
+                "train.warmup_epochs=0", "train.schedule=constant", "data.crop=true", "data.flip=true",
+                "loss.name=gala", "loss.lambda1=1.2", "loss.lambda2=0.9",
+                "data.pipeline=loader"]  # the DataLoader path the image-list datasets train through
 CONFIG = "configs/fmnist_lt/ce_imba100.yaml"
 
 
@@ -100,8 +104,8 @@ def _torchrun(*args: str) -> None:
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+def _last(run: Path, part: str) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)[part]
 
 
 def _history(run: Path) -> list[dict]:
@@ -129,8 +133,12 @@ def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli):
     assert m2["epoch"] == m1["epoch"]
     assert abs(m2["top1"] - m1["top1"]) <= 0.2
     assert max(abs(a - b) for a, b in zip(m1["per_class"], m2["per_class"])) <= 1.0
-    w1, w2 = _weights(single), _weights(double)
+    w1, w2 = _last(single, "model"), _last(double, "model")
     # float32 round-off in other summation orders only (measured 3e-5 after 6 steps, running statistics included);
     # per-process BatchNorm (train.sync_bn=false) already moves the first epoch's train_loss by 3e-4 relative
     worst = max((w1[k].float() - w2[k].float()).abs().max().item() for k in w1)
     assert worst < 1e-3, worst
+    g1, g2 = _last(single, "loss"), _last(double, "loss")  # GALA's accumulated gradient statistics
+    assert g1 and set(g1) == set(g2)
+    for key in g1:
+        assert g1[key].abs().sum() > 0 and torch.allclose(g1[key], g2[key], rtol=1e-4), key
