@@ -36,6 +36,8 @@ class DatasetConfig:
     train_list: Optional[str] = None  # list-file datasets (ImageNet-LT, Places-LT, iNat)
     val_list: Optional[str] = None
     test_list: Optional[str] = None
+    num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
+    verify_images: bool = False  # list datasets: decode every image before training, report all failures
 
 
 @dataclass
@@ -49,7 +51,11 @@ class DataConfig:
     num_workers: int = 2
     image_size: int = 224  # list-file datasets only
     randaugment: bool = False
-    color_jitter: float = 0.0
+    randaugment_ops: int = 2  # RandAugment N (transforms applied per image)
+    randaugment_magnitude: int = 9  # RandAugment M (0..30 scale of torchvision)
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
+    grayscale: float = 0.0  # RandomGrayscale probability (list datasets)
+    blur: float = 0.0  # probability of a GaussianBlur, sigma 0.1..2 (list datasets)
 
 
 @dataclass
@@ -57,7 +63,8 @@ class ModelConfig:
     name: str = "resnet32"
     num_experts: int = 3
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
+    pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
     scale: float = 30.0  # s of a cosine classifier
 
@@ -97,6 +104,7 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     deterministic: bool = True
+    sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (same result as 1 process)
 
 
 @dataclass
@@ -302,12 +310,27 @@ def _check_ranges(cfg: Config) -> None:
     for key, value in {"seed": cfg.seed, "dataset.seed": cfg.dataset.seed}.items():
         if not 0 <= value < 2**32:  # numpy and torch generators take unsigned 32/64-bit seeds
             raise LongtailError(f"config key '{key}' must be between 0 and 2**32 - 1, got {value}")
+    for key in ("data.grayscale", "data.blur"):
+        value = getattr(cfg.data, key.split(".")[1])
+        if not 0.0 <= value <= 1.0:
+            raise LongtailError(f"config key '{key}' is a probability and must lie in 0..1, got {value}")
+    if cfg.data.color_jitter < 0 or cfg.data.randaugment_ops < 0 or cfg.data.randaugment_magnitude < 0:
+        raise LongtailError("config keys 'data.color_jitter', 'data.randaugment_ops' and 'data.randaugment_magnitude' must be >= 0")
+    if cfg.data.randaugment_magnitude > 30:
+        raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
+    if cfg.data.image_size < 8:
+        raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
+    if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
+        raise LongtailError(f"config key 'dataset.num_classes' must be at least 1 or null, got {cfg.dataset.num_classes}")
     _check_consistency(cfg)
 
 
 def _check_consistency(cfg: Config) -> None:
     """Key combinations that would only fail, or silently mean something else, after training."""
-    has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
+    if cfg.dataset.train_list is not None:  # list datasets (ImageNet-LT, ...): validation is dataset.val_list
+        has_val = cfg.dataset.val_list is not None
+    else:
+        has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
     if cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val" and not has_val:
         raise LongtailError(
             "eval.posthoc=pn with eval.pn_mass=val estimates the class mass on the validation split, but the run has "

@@ -6,6 +6,7 @@ Reading order: `train_one_epoch`, `predict`, `fit` (with its run-directory helpe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -32,12 +33,16 @@ from .errors import LongtailError
 from .losses import Loss, create_loss
 from .metrics import evaluate_predictions, format_table
 from .models import create_model
+from .models.freeze import freeze_backbone, train_mode
+from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .posthoc import check_posthoc, classifier_weight, configured_metrics, describe_posthoc
 
 # Keys that may change between a run and its resume without changing what is computed.
 # data.num_workers is not one: with workers, augmentation draws come from per-worker generators.
-RESUME_SAFE_KEYS = {"train.resume", "train.progress", "dataset.root", "dataset.download", "eval.batch_size"}
+RESUME_SAFE_KEYS = {
+    "train.resume", "train.progress", "dataset.root", "dataset.download", "dataset.verify_images", "eval.batch_size",
+}
 CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress bar)
 
 
@@ -62,8 +67,9 @@ def train_one_epoch(
     epoch: int,
     show_progress: bool,
 ) -> dict[str, float]:
-    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps."""
-    model.train()
+    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps.
+    The reported train_loss is averaged over all processes (each process's batches are equal in size)."""
+    train_mode(model)  # frozen parts of a decoupled model stay in eval mode
     criterion.train()
     device = runtime.device
     recent = torch.zeros(CHECK_EVERY, device=device)
@@ -95,8 +101,9 @@ def train_one_epoch(
                 bar.update(steps - bar.n)
     bar.close()
     elapsed = time.perf_counter() - start
+    distributed.all_reduce_sum(loss_sum)
     return {
-        "train_loss": float(loss_sum) / max(steps, 1),
+        "train_loss": float(loss_sum) / max(steps, 1) / runtime.world_size,
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": images * runtime.world_size / elapsed,
         "epoch_time_s": elapsed,
@@ -114,7 +121,8 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
     """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
-    float32. Outputs stay on the device until the end: one host sync per evaluation, not one per batch."""
+    float32, rows in the set's order. Outputs stay on the device until the end: one host sync per evaluation,
+    not one per batch. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -130,10 +138,10 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
             value = value.transpose(0, 1) if key == "expert_logits" else value
             outputs.setdefault(key, []).append(value.float())
         labels.append(y)
-    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items()}
+    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items()}
     if "expert_logits" in result:
         result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
-    result["labels"] = distributed.gather_rows(torch.cat(labels)).cpu()
+    result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
     return result
 
 
@@ -276,7 +284,12 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
     bundle = eval_splits_on_device(build_data(cfg), runtime.device)
-    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
+    if runtime.distributed and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, runtime.device)
+    if cfg.model.freeze_backbone:
+        trainable = freeze_backbone(model)
+        log(f"backbone frozen: training the classifier only ({trainable} parameters)")
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
@@ -383,6 +396,18 @@ def _settle_killed_run(run_dir: Path, progress: Progress, best_path: Path, best_
         if best_epoch != progress.epoch:
             save_atomic(best_payload(), best_path)
     _write_history(run_dir, progress.history)
+
+
+def _build_model(cfg: Config, bundle: DataBundle, runtime: Runtime, fresh: bool) -> nn.Module:
+    """The model; `model.pretrained` applies to a fresh run only (a resumed one has all weights in last.pt).
+    Rank 0 builds first, so a torchvision download lands in the cache once before the others read it."""
+    model_cfg = cfg.model if fresh else dataclasses.replace(cfg.model, pretrained=None)
+    model = create_model(model_cfg, bundle.num_classes, bundle.in_channels) if runtime.is_main else None
+    if model_cfg.pretrained is not None:
+        distributed.barrier()
+    if model is None:
+        model = create_model(model_cfg, bundle.num_classes, bundle.in_channels)
+    return model
 
 
 def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool, log) -> Optional[dict]:

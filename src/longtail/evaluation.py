@@ -6,6 +6,7 @@ any tau, is then computed from those stored logits (`evaluate_checkpoint`, and `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
 
 
 def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model, ckpt["num_classes"], ckpt["in_channels"])
+    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
+    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError, ValueError):
