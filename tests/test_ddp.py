@@ -6,7 +6,6 @@ global batch: metrics, weights and the loss's gradient statistics."""
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 from pathlib import Path
