@@ -138,8 +138,13 @@ def shrink(path: Path, root: Path) -> list[str]:
         "train.epochs=1", "train.batch_size=32", "train.progress=false", "data.num_workers=0",
         "eval.batch_size=1000", "device=cpu",
     ]
-    if flat.get("model.name", "resnet32") == "resnet32":
-        overrides.append("model.name=resnet8")
+    # n_max 10 leaves every class an image only up to IF 10; the imbalance factor is not the method
+    if flat.get("dataset.imbalance_factor", 100) > 10:
+        overrides.append("dataset.imbalance_factor=10")
+    small = {"resnet32": "resnet8", "resnet32_experts": "resnet8_experts"}
+    model = flat.get("model.name", "resnet32")
+    if model in small:
+        overrides.append(f"model.name={small[model]}")
     if flat.get("loss.name") == "ldam_drw":
         overrides.append("loss.drw_epoch=0")  # one epoch, re-weighted: exercises DRW
     return overrides

@@ -34,10 +34,12 @@ def _softmax(row: list[float]) -> list[float]:
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_finite_differentiable_and_keeps_its_state(name):
-    cfg = LossConfig(name=name, drw_epoch=1)
+    cfg = LossConfig(name=name, drw_epoch=1, num_experts=2)  # COUNTS cannot be cut into 2 local subsets
     loss = create_loss(cfg, COUNTS)
     loss.set_epoch(2)
-    logits = torch.randn(16, len(COUNTS), generator=torch.Generator().manual_seed(0), requires_grad=True)
+    # multi-expert losses read (E, B, C) expert logits, the others (B, C); cosine-scale values for LGLA
+    shape = (2, 16, len(COUNTS)) if loss.input_key == "expert_logits" else (16, len(COUNTS))
+    logits = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(20).sub(10).requires_grad_()
     targets = torch.arange(16) % len(COUNTS)
     value = loss(logits, targets)
     value.backward()

@@ -12,10 +12,11 @@ from .errors import LongtailError
 
 def _train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .engine import fit
 
     overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # before importing torch: a typo is reported in a blink
+    from .engine import fit
+
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     fit(cfg, run_dir, allow_config_change=args.allow_config_change)
 
@@ -131,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LongtailError as exc:
         if args.debug:
             raise
-        print(f"longtail: error: {exc}", file=sys.stderr)
+        print(f"longtail: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ class DatasetConfig:
     train_list: Optional[str] = None  # list-file datasets (ImageNet-LT, Places-LT, iNat)
     val_list: Optional[str] = None
     test_list: Optional[str] = None
+    num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
+    verify_images: bool = False  # list datasets: decode every image before training, report all failures
 
 
 @dataclass
@@ -46,7 +51,11 @@ class DataConfig:
     num_workers: int = 2
     image_size: int = 224  # list-file datasets only
     randaugment: bool = False
-    color_jitter: float = 0.0
+    randaugment_ops: int = 2  # RandAugment N (transforms applied per image)
+    randaugment_magnitude: int = 9  # RandAugment M (0..30 scale of torchvision)
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
+    grayscale: float = 0.0  # RandomGrayscale probability (list datasets)
+    blur: float = 0.0  # probability of a GaussianBlur, sigma 0.1..2 (list datasets)
 
 
 @dataclass
@@ -54,7 +63,8 @@ class ModelConfig:
     name: str = "resnet32"
     num_experts: int = 3
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
+    pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
     scale: float = 30.0  # s of a cosine classifier
 
@@ -94,6 +104,7 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     deterministic: bool = True
+    sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (same result as 1 process)
 
 
 @dataclass
@@ -153,6 +164,16 @@ SCHEMA = _schema()
 SECTIONS = {k.rsplit(".", 1)[0] for k in SCHEMA if "." in k}
 
 
+# Values quoted in error messages stay short and finite, whatever a hostile YAML file holds
+# (a deep or self-referencing structure, a megabyte-long string).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
+
+
+def _short(value: Any) -> str:
+    return " ".join(_SHORT.repr(value).split())
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -160,6 +181,10 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return "null" if tp is type(None) else tp.__name__
+
+
+# PyYAML reads YAML 1.1, where `1e-3` and `1e30` (no dot) are strings; YAML 1.2 and users read them as numbers.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -180,13 +205,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(value, tp):
         return value
     raise LongtailError(
-        f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {_short(value)}"
     )
 
 
@@ -205,7 +232,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in data.items():
         if not isinstance(k, str):
-            raise LongtailError(f"config key {k!r} under '{prefix or 'top level'}' is not a string")
+            raise LongtailError(f"config key {_short(k)} under '{prefix or 'top level'}' is not a string")
         dotted = f"{prefix}{k}"
         if isinstance(v, dict) and dotted in SECTIONS:
             out.update(flatten(v, dotted + "."))
@@ -216,12 +243,17 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def _validate_key(key: str, value: Any) -> Any:
     if key in SECTIONS:
-        raise LongtailError(f"config key '{key}' is a section and needs a mapping of keys, got {value!r}")
+        raise LongtailError(f"config key '{key}' is a section and needs a mapping of keys, got {_short(value)}")
     if key not in SCHEMA:
-        raise LongtailError(f"unknown config key '{key}'{_closest(key)}")
+        raise LongtailError(f"unknown config key {_short(key)}{_closest(key)}")
     value = _coerce(key, value, SCHEMA[key])
     if key in CHOICES and value not in CHOICES[key]:
-        raise LongtailError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {value!r}")
+        raise LongtailError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {_short(value)}")
+    for number in value if isinstance(value, list) else [value]:
+        if isinstance(number, float) and not math.isfinite(number):
+            raise LongtailError(f"config key '{key}' must be a finite number, got {number}")
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 2**32:
+            raise LongtailError(f"config key '{key}' is out of range ({_short(number)}); use a value below 2**32")
     return value
 
 
@@ -260,6 +292,7 @@ def _check_ranges(cfg: Config) -> None:
         "train.eval_every": cfg.train.eval_every,
         "model.num_experts": cfg.model.num_experts,
         "loss.num_experts": cfg.model.num_experts if cfg.loss.num_experts is None else cfg.loss.num_experts,
+        "data.image_size": cfg.data.image_size,
     }
     for key, value in positive.items():
         if value < 1:
@@ -268,12 +301,36 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
     if cfg.dataset.val_per_class < 0 or cfg.data.cutout < 0 or cfg.data.num_workers < 0:
         raise LongtailError("config keys 'dataset.val_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
+    # ranges torch.optim.SGD would otherwise reject mid-setup with a traceback
+    for key, value in {"train.momentum": cfg.train.momentum, "train.weight_decay": cfg.train.weight_decay,
+                       "train.warmup_epochs": cfg.train.warmup_epochs, "train.warmup_start_factor": cfg.train.warmup_start_factor,
+                       "train.gamma": cfg.train.gamma}.items():
+        if value < 0:
+            raise LongtailError(f"config key '{key}' must be >= 0, got {value}")
+    for key, value in {"seed": cfg.seed, "dataset.seed": cfg.dataset.seed}.items():
+        if not 0 <= value < 2**32:  # numpy and torch generators take unsigned 32/64-bit seeds
+            raise LongtailError(f"config key '{key}' must be between 0 and 2**32 - 1, got {value}")
+    for key in ("data.grayscale", "data.blur"):
+        value = getattr(cfg.data, key.split(".")[1])
+        if not 0.0 <= value <= 1.0:
+            raise LongtailError(f"config key '{key}' is a probability and must lie in 0..1, got {value}")
+    if cfg.data.color_jitter < 0 or cfg.data.randaugment_ops < 0 or cfg.data.randaugment_magnitude < 0:
+        raise LongtailError("config keys 'data.color_jitter', 'data.randaugment_ops' and 'data.randaugment_magnitude' must be >= 0")
+    if cfg.data.randaugment_magnitude > 30:
+        raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
+    if cfg.data.image_size < 8:
+        raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
+    if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
+        raise LongtailError(f"config key 'dataset.num_classes' must be at least 1 or null, got {cfg.dataset.num_classes}")
     _check_consistency(cfg)
 
 
 def _check_consistency(cfg: Config) -> None:
     """Key combinations that would only fail, or silently mean something else, after training."""
-    has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
+    if cfg.dataset.train_list is not None:  # list datasets (ImageNet-LT, ...): validation is dataset.val_list
+        has_val = cfg.dataset.val_list is not None
+    else:
+        has_val = cfg.dataset.val_source != "none" and cfg.dataset.val_per_class > 0
     if cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val" and not has_val:
         raise LongtailError(
             "eval.posthoc=pn with eval.pn_mass=val estimates the class mass on the validation split, but the run has "

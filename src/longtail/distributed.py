@@ -63,10 +63,8 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate each process's rows (lengths may differ) in rank order."""
-    if not is_initialized():
-        return tensor
+def _gather_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's rows (lengths may differ), as a list in rank order."""
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
@@ -75,7 +73,29 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     padded[: tensor.shape[0]] = tensor
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+    return [p[: int(s.item())] for p, s in zip(parts, sizes)]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate each process's rows (lengths may differ) in rank order."""
+    if not is_initialized():
+        return tensor
+    return torch.cat(_gather_parts(tensor))
+
+
+def gather_strided(tensor: torch.Tensor) -> torch.Tensor:
+    """Undo a strided sharding: process r holds rows r, r + W, r + 2W, ... of a set (W processes, so
+    shard lengths differ by at most one); returns all rows in the set's order on every process."""
+    if not is_initialized():
+        return tensor
+    parts = _gather_parts(tensor)
+    world, total = len(parts), sum(len(p) for p in parts)
+    out = tensor.new_empty((total, *tensor.shape[1:]))
+    for rank, part in enumerate(parts):
+        if len(part) != len(range(rank, total, world)):
+            raise RuntimeError(f"process {rank} holds {len(part)} of {total} rows, not a rank::world_size shard")
+        out[rank::world] = part
+    return out
 
 
 def barrier() -> None:

@@ -6,21 +6,24 @@ Reading order: `train_one_epoch`, `predict`, `fit` (with its run-directory helpe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
 from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
@@ -30,11 +33,16 @@ from .errors import LongtailError
 from .losses import Loss, create_loss
 from .metrics import evaluate_predictions, format_table
 from .models import create_model
+from .models.freeze import freeze_backbone, train_mode
+from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .posthoc import check_posthoc, classifier_weight, configured_metrics, describe_posthoc
 
 # Keys that may change between a run and its resume without changing what is computed.
-RESUME_SAFE_KEYS = {"train.resume", "train.progress", "dataset.root", "dataset.download", "data.num_workers", "eval.batch_size"}
+# data.num_workers is not one: with workers, augmentation draws come from per-worker generators.
+RESUME_SAFE_KEYS = {
+    "train.resume", "train.progress", "dataset.root", "dataset.download", "dataset.verify_images", "eval.batch_size",
+}
 CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress bar)
 
 
@@ -59,8 +67,9 @@ def train_one_epoch(
     epoch: int,
     show_progress: bool,
 ) -> dict[str, float]:
-    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps."""
-    model.train()
+    """One pass over `batches`. Loss values stay on the device and are checked every CHECK_EVERY steps.
+    The reported train_loss is averaged over all processes (each process's batches are equal in size)."""
+    train_mode(model)  # frozen parts of a decoupled model stay in eval mode
     criterion.train()
     device = runtime.device
     recent = torch.zeros(CHECK_EVERY, device=device)
@@ -92,8 +101,9 @@ def train_one_epoch(
                 bar.update(steps - bar.n)
     bar.close()
     elapsed = time.perf_counter() - start
+    distributed.all_reduce_sum(loss_sum)
     return {
-        "train_loss": float(loss_sum) / max(steps, 1),
+        "train_loss": float(loss_sum) / max(steps, 1) / runtime.world_size,
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": images * runtime.world_size / elapsed,
         "epoch_time_s": elapsed,
@@ -105,16 +115,14 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
     if bool(bad.any()):
         first = int(torch.nonzero(bad)[0])
         step = (steps - 1) // CHECK_EVERY * CHECK_EVERY + first + 1
-        raise NonFiniteLoss(
-            f"the loss became {recent[first].item()} at step {step} of epoch {epoch + 1}; training stopped and "
-            "the last good checkpoint was kept. Lower train.lr or check the data"
-        )
+        raise NonFiniteLoss(f"the loss became {recent[first].item()} at step {step} of epoch {epoch + 1}")
 
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
     """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
-    float32. Outputs stay on the device until the end: one host sync per evaluation, not one per batch."""
+    float32, rows in the set's order. Outputs stay on the device until the end: one host sync per evaluation,
+    not one per batch. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -130,10 +138,10 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
             value = value.transpose(0, 1) if key == "expert_logits" else value
             outputs.setdefault(key, []).append(value.float())
         labels.append(y)
-    result = {k: distributed.gather_rows(torch.cat(v)).cpu() for k, v in outputs.items()}
+    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items()}
     if "expert_logits" in result:
         result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
-    result["labels"] = distributed.gather_rows(torch.cat(labels)).cpu()
+    result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
     return result
 
 
@@ -159,14 +167,18 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _check_writable(run_dir: Path, model: nn.Module) -> None:
+def _check_writable(run_dir: Path) -> None:
+    """Fail in seconds, before any data is loaded, when the run directory cannot be written."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / "checkpoints" / ".write_probe.tmp"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        raise LongtailError(f"cannot write to the run directory '{run_dir}' ({exc.strerror}); pass --out with a writable folder") from None
+        raise LongtailError(f"cannot write to the run directory '{run_dir}' ({exc.strerror or exc}); pass --out with a writable folder") from None
+
+
+def _check_space(run_dir: Path, model: nn.Module) -> None:
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = 6 * param_bytes + 64 * 2**20  # best + last + temp copies with optimizer state, and logs
     free = shutil.disk_usage(run_dir).free
@@ -174,21 +186,25 @@ def _check_writable(run_dir: Path, model: nn.Module) -> None:
         raise LongtailError(f"only {free / 2**20:.0f} MiB free under '{run_dir}', checkpoints need about {needed / 2**20:.0f} MiB; free some space or use --out elsewhere")
 
 
-def _config_differences(saved: dict, current: Config) -> list[str]:
-    before, after = flat_dict(from_dict(saved)), flat_dict(current)
+def _config_differences(saved: Config, current: Config) -> list[str]:
+    before, after = flat_dict(saved), flat_dict(current)
     return sorted(k for k in after if k not in RESUME_SAFE_KEYS and before.get(k) != after[k])
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / "epochs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(run_dir / "epochs.jsonl")
+    write_text_atomic(run_dir / "epochs.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _read_metrics(run_dir: Path) -> Optional[dict]:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or edited by hand into invalid JSON: test again
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -207,8 +223,12 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
 
 def _seed_epoch(seed: int, epoch: int) -> None:
     # Every random draw of an epoch (augmentation, dropout) follows from (seed, epoch) alone,
-    # so resuming at an epoch boundary reproduces the uninterrupted run exactly.
-    torch.manual_seed(int(epoch_generator(seed, epoch, stream=2).initial_seed()))
+    # so resuming at an epoch boundary reproduces the uninterrupted run exactly. DataLoader
+    # workers are seeded from the loader's own epoch generator (data/loader.py).
+    epoch_seed = int(epoch_generator(seed, epoch, stream=2).initial_seed())
+    torch.manual_seed(epoch_seed)
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed % 2**32)
 
 
 def _set_determinism(cfg: Config, device: torch.device) -> None:
@@ -222,23 +242,54 @@ def fit(cfg: Config, run_dir: str | Path, allow_config_change: bool = False) -> 
     run_dir = Path(run_dir)
     runtime = distributed.setup(cfg.device)
     try:
-        return _fit(cfg, run_dir, runtime, allow_config_change)
+        with _own_run_dir(run_dir, runtime):
+            return _fit(cfg, run_dir, runtime, allow_config_change)
     finally:
         distributed.cleanup()
+
+
+@contextmanager
+def _own_run_dir(run_dir: Path, runtime: Runtime) -> Iterator[None]:
+    """The main process checks the run directory is writable, then holds a lock on it for the whole run
+    (a second process on the same folder, e.g. a requeued job, is refused instead of racing this one)
+    and deletes temp files a killed process left behind. The OS releases the lock when the process dies."""
+    if not runtime.is_main:
+        yield
+        return
+    _check_writable(run_dir)
+    with open(run_dir / "checkpoints" / ".lock", "a") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            raise LongtailError(f"run directory '{run_dir}' is in use by another longtail process; wait for it to end or use --out with another folder") from None
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems): run unlocked
+            pass
+        for directory in (run_dir, run_dir / "checkpoints"):
+            remove_partial_writes(directory)
+        yield
 
 
 def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool) -> dict:
     log = print if runtime.is_main else (lambda *a, **k: None)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    resume_ckpt = _resume_checkpoint(cfg, run_dir, last_path, allow_config_change)
-    if resume_ckpt is not None and resume_ckpt["progress"]["epoch"] >= cfg.train.epochs and (run_dir / "metrics.json").is_file():
-        log(f"run '{run_dir}' already finished {cfg.train.epochs} epochs; nothing to do (metrics.json is unchanged)")
-        return json.loads((run_dir / "metrics.json").read_text())
+    resume_ckpt = _resume_checkpoint(cfg, run_dir, last_path, allow_config_change, log)
+    if resume_ckpt is not None and resume_ckpt["progress"]["epoch"] >= cfg.train.epochs:
+        finished = _read_metrics(run_dir)
+        if finished is not None:
+            log(f"run '{run_dir}' already finished {cfg.train.epochs} epochs; nothing to do (metrics.json is unchanged)")
+            return finished
 
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
     bundle = eval_splits_on_device(build_data(cfg), runtime.device)
-    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
+    if runtime.distributed and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, runtime.device)
+    if cfg.model.freeze_backbone:
+        trainable = freeze_backbone(model)
+        log(f"backbone frozen: training the classifier only ({trainable} parameters)")
     if runtime.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
@@ -246,18 +297,18 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
     batches = train_batches(bundle, cfg, runtime)
     optimizer = build_optimizer(model, cfg.train, fused=runtime.device.type == "cuda")
-    scheduler = build_scheduler(optimizer, cfg.train, len(batches))
     progress = Progress()
-    if runtime.is_main:
-        _check_writable(run_dir, model)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        criterion.load_state_dict(resume_ckpt["loss"])
-        progress = Progress(**resume_ckpt["progress"])
-        log(f"resuming '{run_dir}' after epoch {progress.epoch}")
+        progress = _restore(resume_ckpt, last_path, model, optimizer, criterion)
+    # the schedule is a function of the step count, so resuming needs no saved scheduler state
+    scheduler = build_scheduler(optimizer, cfg.train, len(batches), start_step=progress.epoch * len(batches))
+    if runtime.is_main:
+        _check_space(run_dir, model)
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        if resume_ckpt is not None:
+            _settle_killed_run(run_dir, progress, best_path, lambda: _best_payload(cfg, bundle, model, progress))
+            log(f"resuming '{run_dir}' after epoch {progress.epoch}")
+    distributed.barrier()
     train_model: nn.Module = model
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -272,8 +323,12 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
         _seed_epoch(cfg.seed, epoch)
         criterion.set_epoch(epoch)
         batches.set_epoch(epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, **train_one_epoch(
-            train_model, criterion, batches, optimizer, scheduler, cfg, runtime, epoch, show_progress)}
+        try:
+            stats = train_one_epoch(train_model, criterion, batches, optimizer, scheduler, cfg, runtime, epoch, show_progress)
+        except NonFiniteLoss as exc:
+            kept = f"the last good checkpoint '{last_path}' (epoch {progress.epoch}) was kept" if progress.epoch else "no checkpoint had been written yet"
+            raise NonFiniteLoss(f"{exc}; training stopped and {kept}; lower train.lr or check the data") from None
+        row: dict[str, Any] = {"epoch": epoch + 1, **stats}
         last_epoch = epoch + 1 == cfg.train.epochs
         if bundle.val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
             val = evaluate_split(model, bundle.val, bundle, cfg, runtime)
@@ -285,14 +340,17 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
         progress.epoch = epoch + 1
         progress.history.append(row)
         if runtime.is_main:
-            if improved:
-                save_atomic(checkpoint_payload(cfg, bundle, model, epoch=epoch + 1, val=row.get("val_top1")), best_path)
+            # Order matters for a kill at any line: TensorBoard first (a resume purges events past last.pt),
+            # then last.pt, the epoch's commit point (no RNG state in it: every epoch reseeds from (seed, epoch)),
+            # then best.pt, which a resume rebuilds from last.pt if the kill came between the two.
+            _log_scalars(writer, row)
             save_atomic(checkpoint_payload(
                 cfg, bundle, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                loss=criterion.state_dict(), progress=progress.__dict__, rng=torch.get_rng_state(),
+                loss=criterion.state_dict(), progress=dict(progress.__dict__),
             ), last_path)
+            if improved:
+                save_atomic(_best_payload(cfg, bundle, model, progress), best_path)
             _write_history(run_dir, progress.history)
-            _log_scalars(writer, row)
             log(_epoch_line(row, cfg.train.epochs))
         distributed.barrier()
     if writer is not None:
@@ -300,15 +358,75 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     return _final_test(cfg, run_dir, bundle, model, runtime, progress, best_path)
 
 
-def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool) -> Optional[dict]:
+def _best_payload(cfg: Config, bundle: DataBundle, model: nn.Module, progress: Progress) -> dict[str, Any]:
+    """best.pt when the model holds the weights of the epoch just finished (the best one)."""
+    return checkpoint_payload(cfg, bundle, model, epoch=progress.epoch, val=progress.history[-1].get("val_top1"))
+
+
+def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Loss) -> Progress:
+    """Load the training state of last.pt. Optimizer hyper-parameters (lr, momentum, weight decay) keep
+    the values of the current config: equal to the saved ones unless --allow-config-change changed them."""
+    load_state(model, ckpt["model"], "model", path)
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise LongtailError(f"the optimizer state in '{path}' does not fit this model ({type(exc).__name__}); it was saved by another model or optimizer") from None
+    for group, values in zip(optimizer.param_groups, hyper):
+        group.update(values)
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise LongtailError(f"the optimizer state '{name}' in '{path}' has shape {tuple(value.shape)} where the model has {tuple(p.shape)}; the checkpoint is damaged")
+    load_state(criterion, ckpt["loss"], "loss", path)
+    return Progress(**{**ckpt["progress"], "history": list(ckpt["progress"]["history"])})
+
+
+def _settle_killed_run(run_dir: Path, progress: Progress, best_path: Path, best_payload) -> None:
+    """Finish what a killed process left half done, so the run directory agrees with last.pt: rebuild
+    best.pt when the kill fell between writing last.pt and best.pt, and rewrite epochs.jsonl (it may lack
+    the last epoch). Temp files of interrupted writes are already gone (`_own_run_dir`)."""
+    if progress.best_epoch == progress.epoch:  # the last epoch was the best: best.pt must hold it
+        best_epoch = None
+        if best_path.is_file():
+            try:
+                best_epoch = load_checkpoint(best_path).get("epoch")
+            except LongtailError:
+                best_epoch = None  # unreadable: rebuilt below from last.pt's weights
+        if best_epoch != progress.epoch:
+            save_atomic(best_payload(), best_path)
+    _write_history(run_dir, progress.history)
+
+
+def _build_model(cfg: Config, bundle: DataBundle, runtime: Runtime, fresh: bool) -> nn.Module:
+    """The model; `model.pretrained` applies to a fresh run only (a resumed one has all weights in last.pt).
+    Rank 0 builds first, so a torchvision download lands in the cache once before the others read it."""
+    model_cfg = cfg.model if fresh else dataclasses.replace(cfg.model, pretrained=None)
+    model = create_model(model_cfg, bundle.num_classes, bundle.in_channels) if runtime.is_main else None
+    if model_cfg.pretrained is not None:
+        distributed.barrier()
+    if model is None:
+        model = create_model(model_cfg, bundle.num_classes, bundle.in_channels)
+    return model
+
+
+def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config_change: bool, log) -> Optional[dict]:
     if not cfg.train.resume:
         if last_path.exists() or (run_dir / "metrics.json").exists():
             raise LongtailError(f"run directory '{run_dir}' already holds a run; pass train.resume=true to continue it or --out with a new folder")
         return None
     if not last_path.exists():
-        raise LongtailError(f"train.resume=true but '{last_path}' does not exist; start the run without resume")
-    ckpt = load_checkpoint(last_path)
-    changed = _config_differences(ckpt["config"], cfg)
+        if (run_dir / "metrics.json").exists():
+            raise LongtailError(f"run directory '{run_dir}' has metrics.json but no checkpoints/last.pt to resume from; use --out with a new folder")
+        # killed before its first checkpoint (or never started): nothing to continue, so start it
+        log(f"no checkpoint in '{run_dir}' yet; starting the run from epoch 1")
+        return None
+    ckpt = load_checkpoint(last_path, require=tuple(TRAINING_STATE))
+    try:
+        saved = from_dict(ckpt["config"])
+    except LongtailError as exc:
+        raise LongtailError(f"the config stored in '{last_path}' cannot be read by this longtail ({exc})") from None
+    changed = _config_differences(saved, cfg)
     if changed and not allow_config_change:
         raise LongtailError(
             f"the config differs from the run being resumed in: {', '.join(changed)}; "
@@ -348,8 +466,8 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
 def _tensorboard(run_dir: Path, start_epoch: int):
     from torch.utils.tensorboard import SummaryWriter
 
-    # purge_step drops events a killed run wrote past its last checkpoint
-    return SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
+    # purge_step hides the events a killed run logged past its last checkpoint (steps are 1-based epochs)
+    return SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1)
 
 
 def _log_scalars(writer, row: dict) -> None:

@@ -6,6 +6,7 @@ any tau, is then computed from those stored logits (`evaluate_checkpoint`, and `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +49,21 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
     """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    values = {**flatten(ckpt["config"]), **dict(parse_override(o) for o in overrides)}
+    try:
+        stored = flatten(ckpt["config"])
+        from_flat(stored)
+    except LongtailError as exc:
+        raise LongtailError(f"the config stored in '{ckpt_path}' cannot be read by this longtail ({exc})") from None
+    values = {**stored, **dict(parse_override(o) for o in overrides)}
     return from_flat(values), ckpt, ckpt_path
 
 
 def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model, ckpt["num_classes"], ckpt["in_channels"])
+    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
+    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError:
+    except (RuntimeError, KeyError, TypeError, ValueError):
         raise LongtailError(
             f"the checkpoint's weights do not fit model '{cfg.model.name}' with {ckpt['num_classes']} classes; "
             "it was saved by a different model or class count"
@@ -68,6 +75,11 @@ def check_bundle(bundle: DataBundle, ckpt: dict) -> None:
     if bundle.num_classes != ckpt["num_classes"]:
         raise LongtailError(
             f"the dataset has {bundle.num_classes} classes but the checkpoint was trained on {ckpt['num_classes']}; "
+            "evaluate it on the dataset it was trained on"
+        )
+    if bundle.in_channels != ckpt["in_channels"]:
+        raise LongtailError(
+            f"the dataset has {bundle.in_channels}-channel images but the checkpoint was trained on {ckpt['in_channels']}; "
             "evaluate it on the dataset it was trained on"
         )
 

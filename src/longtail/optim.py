@@ -32,6 +32,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> 
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per batch."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, start_step: int = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per batch. `start_step` > 0 resumes the schedule after that many steps; each
+    param group's current 'lr' is then taken as its base learning rate (the config's, not a saved one)."""
+    if start_step > 0:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch), last_epoch=start_step - 1,
+    )

@@ -12,6 +12,7 @@ from ..errors import LongtailError
 from .base import DataBundle, RawDataset, TensorImages
 from .cifar import load_cifar
 from .fmnist import load_fmnist
+from .image_list import build_image_lists
 from .splits import holdout_split, long_tailed_counts, long_tailed_split
 
 # In-memory datasets: name -> function(root, download) returning the balanced source.
@@ -19,6 +20,13 @@ IN_MEMORY: dict[str, Callable[[Optional[str], bool], RawDataset]] = {
     "fmnist_lt": load_fmnist,
     "cifar10_lt": lambda root, download: load_cifar("cifar10", root, download),
     "cifar100_lt": lambda root, download: load_cifar("cifar100", root, download),
+}
+
+# Datasets named by list files over images the user has (see data/image_list.py): name -> bundle builder.
+IMAGE_LISTS: dict[str, Callable[[Config, str], DataBundle]] = {
+    "imagenet_lt": build_image_lists,  # ImageNet-LT lists of Liu et al. 2019 (1000 classes)
+    "places_lt": build_image_lists,  # Places-LT lists of Liu et al. 2019 (365 classes)
+    "inat2018": build_image_lists,  # iNaturalist 2018 JSON annotations (8142 classes)
 }
 
 
@@ -50,10 +58,12 @@ def build_data(cfg: Config) -> DataBundle:
     name = cfg.dataset.name
     if name in IN_MEMORY:
         return make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
-    raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(IN_MEMORY))}")
+    if name in IMAGE_LISTS:
+        return IMAGE_LISTS[name](cfg, name)
+    raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
 
 
 __all__ = [
-    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "build_data", "make_long_tailed",
+    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "IMAGE_LISTS", "build_data", "make_long_tailed",
     "long_tailed_counts", "long_tailed_split", "holdout_split",
 ]

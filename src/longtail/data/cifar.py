@@ -10,15 +10,18 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import LongtailError
+from ..errors import LongtailError, one_line
 from .base import RawDataset, TensorImages
 
 # The official batches hold dicts of lists, bytes and uint8 numpy arrays; nothing else may be built.
 # _codecs.encode only turns text into bytes: Python 3 pickles of protocol 2 need it for array data.
+# _frombuffer builds an array from bytes (how protocol 5 pickles arrays, e.g. a batch re-saved by hand).
 _ALLOWED = {
     ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
 }
@@ -50,7 +53,7 @@ def safe_unpickle(path: Path) -> Any:
         data = path.read_bytes()
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as exc:
-        raise LongtailError(f"'{path}' is not a plain CIFAR batch ({exc}); it was not loaded. Fetch the official files again") from None
+        raise LongtailError(f"'{path}' is not a plain CIFAR batch ({one_line(exc)}); it was not loaded. Fetch the official files again") from None
     except Exception as exc:  # truncated or garbled bytes surface as many exception types
         raise LongtailError(f"'{path}' is corrupt or not a CIFAR pickle ({type(exc).__name__}); fetch the official files again") from None
 
@@ -62,6 +65,19 @@ def _field(batch: dict, key: str, path: Path) -> Any:
     raise LongtailError(f"CIFAR batch '{path}' has no '{key}' entry; it is not an official batch file")
 
 
+def _labels(raw: Any, key: str, path: Path) -> np.ndarray:
+    """The label list of a batch as int64, refusing anything but a flat list of integers."""
+    try:
+        lab = np.asarray(raw)
+    except (ValueError, TypeError):  # ragged nesting
+        lab = None
+    if lab is not None and lab.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if lab is None or lab.ndim != 1 or lab.dtype == bool or not np.issubdtype(lab.dtype, np.integer):
+        raise LongtailError(f"CIFAR batch '{path}' has '{key}' that are not a flat list of integer labels; it is not an official batch file")
+    return lab.astype(np.int64)
+
+
 def _read_split(directory: Path, files: list[str], label_key: str, num_classes: int) -> TensorImages:
     images, labels = [], []
     for name in files:
@@ -69,10 +85,11 @@ def _read_split(directory: Path, files: list[str], label_key: str, num_classes: 
         batch = safe_unpickle(path)
         if not isinstance(batch, dict):
             raise LongtailError(f"CIFAR batch '{path}' is not a dict; it is not an official batch file")
-        data = np.asarray(_field(batch, "data", path))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise LongtailError(f"CIFAR batch '{path}' has data of shape {data.shape} and type {data.dtype}; expected (N, 3072) uint8")
-        lab = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+        data = _field(batch, "data", path)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            what = f"of shape {data.shape} and type {data.dtype}" if isinstance(data, np.ndarray) else f"of type {type(data).__name__}"
+            raise LongtailError(f"CIFAR batch '{path}' has data {what}; expected a (N, 3072) uint8 array")
+        lab = _labels(_field(batch, label_key, path), label_key, path)
         if len(lab) != len(data) or (len(lab) and (lab.min() < 0 or lab.max() >= num_classes)):
             raise LongtailError(f"CIFAR batch '{path}' has labels that do not match its images or lie outside 0..{num_classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -24,27 +26,43 @@ FILES = {
 MEAN, STD = (0.2860,), (0.3530,)
 
 
+def _read_at_most(f, limit: int, chunk: int = 1 << 24) -> bytes:
+    """Up to `limit` bytes, in chunks: a header claiming terabytes must not allocate them up front."""
+    parts, got = [], 0
+    while got < limit:
+        part = f.read(min(limit - got, chunk))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or not) of unsigned bytes into an array of its shape."""
+    """Read an IDX file (gzip-compressed or not) of unsigned bytes into an array of its shape.
+
+    The header says how many bytes follow; only that many (plus one, to detect extra data) are read,
+    so a corrupt header or a decompression bomb cannot make us read more than the file is meant to hold.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
-        raise LongtailError(f"cannot read IDX file '{path}' ({exc}); the file is corrupt, delete it and fetch it again") from None
-    if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
-        raise LongtailError(f"'{path}' is not an IDX file of unsigned bytes; it is corrupt or of another format")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise LongtailError(f"IDX file '{path}' is truncated inside its header; fetch it again")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
-        raise LongtailError(
-            f"IDX file '{path}' holds {len(data) - header} bytes of data but its header says {expected}; fetch it again"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0:2] != b"\x00\x00" or magic[2] != 0x08 or not 1 <= magic[3] <= 4:
+                raise LongtailError(f"'{path}' is not an IDX file of unsigned bytes with 1 to 4 dimensions; it is corrupt or of another format")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise LongtailError(f"IDX file '{path}' is truncated inside its header; fetch it again")
+            shape = struct.unpack(f">{ndim}I", dims)
+            expected = math.prod(shape)
+            data = _read_at_most(f, expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip reports damage as any of these
+        raise LongtailError(f"cannot read IDX file '{path}' ({type(exc).__name__}); the file is corrupt, delete it and fetch it again") from None
+    if len(data) != expected:
+        got = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
+        raise LongtailError(f"IDX file '{path}' holds {got} bytes of data but its header says {expected}; fetch it again")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find_dir(candidates: list[Path]) -> Optional[Path]:
@@ -86,9 +104,15 @@ def load_fmnist(root: Optional[str], download: bool = True) -> RawDataset:
     directory = locate(root, download)
     arrays = {key: read_idx(directory / name) for key, name in FILES.items()}
     for split in ("train", "test"):
-        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
-            raise LongtailError(f"Fashion-MNIST {split} images and labels in '{directory}' differ in length; fetch them again")
-        if arrays[f"{split}_labels"].max() > 9:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1:
+            raise LongtailError(
+                f"Fashion-MNIST {split} files in '{directory}' hold images of shape {images.shape} and labels of shape "
+                f"{labels.shape}; expected (N, 28, 28) and (N,). The files are corrupt or of another dataset"
+            )
+        if len(images) != len(labels) or not len(labels):
+            raise LongtailError(f"Fashion-MNIST {split} images and labels in '{directory}' differ in length or are empty; fetch them again")
+        if labels.max() > 9:
             raise LongtailError(f"Fashion-MNIST {split} labels in '{directory}' go beyond class 9; the file is corrupt")
 
     def split(name: str) -> TensorImages:

@@ -2,37 +2,77 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import LongtailError
 from .base import TensorImages
-from .samplers import EpochSampler, epoch_generator
+from .samplers import SeededSampler, epoch_generator
 
 
 class TransformedImages(Dataset):
-    """An in-memory split seen one image at a time through `transform`."""
+    """A split seen one image at a time through `transform`. The split is in-memory TensorImages or
+    any dataset of (uint8 image, label) pairs (e.g. an ImageList).
 
-    def __init__(self, split: TensorImages, transform: Optional[Callable] = None):
+    Keys are plain indices or (index, seed) pairs (SeededSampler). With a seed, every random draw of the
+    transform follows from that seed alone: torch's default CPU generator is seeded for the call and
+    restored after it, so the caller's random state is untouched and the result does not depend on
+    which process or worker loads the image.
+    """
+
+    def __init__(self, split: Any, transform: Optional[Callable] = None):
         self.split, self.transform = split, transform
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.split.images[i]
-        return (self.transform(image) if self.transform else image), int(self.split.labels[i])
+    def _load(self, i: int) -> tuple[torch.Tensor, int]:
+        if isinstance(self.split, TensorImages):
+            return self.split.images[i], int(self.split.labels[i])
+        return self.split[i]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self._load(index)
+        if self.transform is None:
+            return image, label
+        if seed is None:
+            return self.transform(image), label
+        # torchvision's transforms draw from the default CPU generator; seeding it directly costs ~5 us
+        # (torch.manual_seed would also visit every accelerator: ~300 us an image)
+        generator = torch.default_generator
+        state = generator.get_state()
+        try:
+            generator.manual_seed(seed)
+            return self.transform(image), label
+        finally:
+            generator.set_state(state)
+
+
+def clean_errors(batches: Iterable) -> Iterator:
+    """Re-raise a LongtailError from a DataLoader worker (which arrives wrapped with the worker's
+    traceback in its message) as the one-line message the dataset wrote."""
+    try:
+        yield from batches
+    except LongtailError as exc:
+        text = str(exc)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
 
 
 class LoaderPipeline:
-    """Batches for one epoch at a time. A new DataLoader per epoch, seeded from (seed, epoch), so the
-    augmentation drawn in the workers is reproducible and a resumed run sees the same batches."""
+    """Batches for one epoch at a time. The sampler fixes the order from (seed, epoch) and, with
+    SeededSampler keys, each image's augmentation from (seed, epoch, position); so the DataLoader (and
+    its workers) can persist across epochs and a resumed run still sees exactly the same batches."""
 
     def __init__(
         self,
         dataset: Dataset,
-        sampler: EpochSampler,
+        sampler: Sampler,
         batch_size: int,
         seed: int,
         num_workers: int = 0,
@@ -42,6 +82,7 @@ class LoaderPipeline:
         self.batch_size, self.seed = batch_size, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.epoch = 0
+        self._loader: Optional[DataLoader] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -51,16 +92,23 @@ class LoaderPipeline:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            generator=epoch_generator(self.seed, self.epoch, stream=1),
-        )
-        return iter(loader)
+        # Workers persist only when every image carries its own seed; otherwise the augmentation drawn
+        # in a worker depends on the worker's seed, so a new DataLoader seeded from (seed, epoch) is built.
+        seeded = isinstance(self.sampler, SeededSampler)
+        if self._loader is None or not seeded:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=self.sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=seeded and self.num_workers > 0,
+                # a private generator, so creating iterators never draws from torch's global one
+                generator=epoch_generator(self.seed, self.epoch, stream=1),
+            )
+        return clean_errors(self._loader)
 
 
-def eval_batches(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+def eval_batches(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> Iterator:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+    return clean_errors(loader)

@@ -14,8 +14,8 @@ from .base import DataBundle, TensorImages
 from .batch_augment import BatchAugment
 from .device import DevicePipeline, normalize_uint8, stats_tensor
 from .loader import LoaderPipeline, TransformedImages, eval_batches as loader_eval_batches
-from .samplers import EpochSampler
-from .transforms import train_transform
+from .samplers import EpochSampler, SeededSampler
+from .transforms import image_eval_transform, image_train_transform, train_transform
 
 
 class TrainBatches(Protocol):
@@ -43,7 +43,9 @@ def _labels(split) -> torch.Tensor:
 
 def device_unsupported(cfg: Config) -> list[str]:
     """Augmentation keys the device pipeline does not implement (they need data.pipeline=loader)."""
-    return [key for key, on in (("data.randaugment", cfg.data.randaugment), ("data.color_jitter", cfg.data.color_jitter)) if on]
+    keys = (("data.randaugment", cfg.data.randaugment), ("data.color_jitter", cfg.data.color_jitter),
+            ("data.grayscale", cfg.data.grayscale), ("data.blur", cfg.data.blur))
+    return [key for key, on in keys if on]
 
 
 def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
@@ -65,7 +67,17 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
     return name
 
 
+def _train_dataset(bundle: DataBundle, cfg: Config) -> TransformedImages:
+    if bundle.in_memory:
+        size = int(bundle.train.images.shape[-1])
+        return TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std))
+    return TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
+
+
 def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBatches:
+    """This process's batches. With world_size processes each takes every world_size-th image of the
+    epoch's global order, so global batch k (B images) is split into equal per-process batches of
+    B / world_size; images are augmented from a per-image seed, independent of the process count."""
     sampler = EpochSampler(
         _labels(bundle.train), seed=cfg.seed, class_balanced=cfg.data.sampler == "class_balanced",
         rank=runtime.rank, world_size=runtime.world_size,
@@ -76,13 +88,8 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
         augment = BatchAugment(int(height), int(width), crop=cfg.data.crop, flip=cfg.data.flip,
                                autoaugment=cfg.data.autoaugment, cutout=cfg.data.cutout)
         return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment)
-    if bundle.in_memory:
-        size = int(bundle.train.images.shape[-1])
-        dataset = TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std))
-    else:
-        dataset = bundle.train
     return LoaderPipeline(
-        dataset, sampler, batch_size, seed=cfg.seed,
+        _train_dataset(bundle, cfg), SeededSampler(sampler), batch_size, seed=cfg.seed,
         num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda",
     )
 
@@ -100,10 +107,14 @@ def eval_splits_on_device(bundle: DataBundle, device: torch.device) -> DataBundl
 
 
 def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's shard (every world_size-th image) of a split, normalised, on the device."""
+    """This process's shard (every world_size-th image, from image `rank`) of a split, normalised, on the
+    device. `engine.predict` relies on this striding to put the gathered rows back in split order."""
+    if len(split) < runtime.world_size:
+        raise LongtailError(f"an evaluation split has {len(split)} images, fewer than the {runtime.world_size} processes; use fewer processes")
     shard = range(runtime.rank, len(split), runtime.world_size)
     if not bundle.in_memory:
-        subset = torch.utils.data.Subset(split, list(shard))
+        images = TransformedImages(split, image_eval_transform(cfg.data.image_size, bundle.mean, bundle.std))
+        subset = torch.utils.data.Subset(images, list(shard))
         for x, y in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
             yield x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         return

@@ -1,4 +1,10 @@
-"""Per-image augmentation for the loader pipeline (torchvision transforms on uint8 tensors)."""
+"""Per-image augmentation for the loader pipeline (torchvision transforms v2 on uint8 tensors).
+
+In-memory datasets (CIFAR, Fashion-MNIST): pad-4 crop, flip, AutoAugment (CIFAR policy), Cutout.
+Image-list datasets (ImageNet-LT, Places-LT, iNat): RandomResizedCrop and flip for training, Resize(256/224 *
+size) + CenterCrop for evaluation. Both then take the photometric keys in one order: ColorJitter,
+AutoAugment, RandAugment, RandomGrayscale, GaussianBlur, Cutout.
+"""
 
 from __future__ import annotations
 
@@ -26,19 +32,65 @@ class Cutout(torch.nn.Module):
         return image
 
 
+def _blur_kernel(size: int) -> int:
+    """About a tenth of the image, odd (23 at 224, as in SimCLR-style recipes)."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def _photometric(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) -> list[torch.nn.Module]:
+    steps: list[torch.nn.Module] = []
+    if cfg.color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=cfg.color_jitter, contrast=cfg.color_jitter, saturation=cfg.color_jitter))
+    if cfg.autoaugment:
+        steps.append(v2.AutoAugment(policy))
+    if cfg.randaugment:
+        steps.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
+    if cfg.grayscale > 0:
+        steps.append(v2.RandomGrayscale(p=cfg.grayscale))
+    if cfg.blur > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=cfg.blur))
+    if cfg.cutout:
+        steps.append(Cutout(cfg.cutout))  # on uint8, before normalising, as the reference codes do on [0, 1]
+    return steps
+
+
 def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """In-memory images (size x size): pad-4 crop and flip, then the photometric keys."""
     steps: list[torch.nn.Module] = []
     if cfg.crop:
         steps.append(v2.RandomCrop(size, padding=4))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
-    if cfg.autoaugment:
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    if cfg.cutout:
-        steps.append(Cutout(cfg.cutout))  # on uint8, before normalising, as the reference codes do on [0, 1]
+    steps += _photometric(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
 
 def eval_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def resize_for_eval(size: int) -> int:
+    """The short side before the centre crop: 256 for 224, same ratio for other sizes."""
+    return int(round(size * 256 / 224))
+
+
+def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size."""
+    size = cfg.image_size
+    if cfg.crop:
+        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
+    else:
+        steps = [v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size)]
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += _photometric(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+    ])

@@ -11,13 +11,20 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import LongtailError
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
+from .pretrained import with_pretrained
 from .resnet_cifar import resnet8, resnet20, resnet32
+from .torchvision_resnets import torchvision_from_cfg
 
 # name -> function(cfg, num_classes, in_channels) -> model
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
-    "resnet8": lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
-    "resnet20": lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
-    "resnet32": lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale),
+    # single-head models; model.pretrained (a checkpoint, a state_dict file or 'torchvision') is applied when built
+    "resnet8": with_pretrained(lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    "resnet20": with_pretrained(lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    "resnet32": with_pretrained(lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    # torchvision's ImageNet networks with `fc` named `classifier` (see torchvision_resnets.py)
+    "resnet50": with_pretrained(torchvision_from_cfg("resnet50")),
+    "resnext50_32x4d": with_pretrained(torchvision_from_cfg("resnext50_32x4d")),
+    "resnet152": with_pretrained(torchvision_from_cfg("resnet152")),
     # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
     "resnet8_experts": cifar_experts_from_cfg(1),
     "resnet20_experts": cifar_experts_from_cfg(3),

@@ -1,5 +1,6 @@
-"""Cosine (normalised) classifier: logits = s * cos(w_c, f), both the feature and each class
-row normalised to unit length (the `NormedLinear` head LDAM-DRW is trained with, Cao et al. 2019)."""
+"""Cosine (normalised) classifier: logits = s * cos(w_c, f), the feature and each class row
+normalised to unit length, no bias. The head LDAM-DRW trains with (Cao et al. 2019, `NormedLinear`)
+and the one every LGLA / RIDE expert ends in (s = 30)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from torch import nn
 
 
 class CosineClassifier(nn.Module):
+    """Computed in float32 even under autocast: LDAM's margins and LGLA's angles (arccos(z_y / s))
+    read these logits back as cosines."""
+
     def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
         super().__init__()
         self.scale = float(scale)
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default; the norm is removed anyway
+        # uniform in [-1, 1] as the reference NormedLinear; only the direction matters after normalising
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).t()
+        with torch.autocast(features.device.type, enabled=False):
+            cos = F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+        return self.scale * cos

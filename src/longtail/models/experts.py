@@ -16,34 +16,20 @@ expert's shortcut carries channels of its neighbours. Here the experts are fully
 from __future__ import annotations
 
 import copy
-import os
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from .cosine import CosineClassifier
+from .pretrained import read_state_dict
 from .resnet_cifar import init_weights, make_stage
+from .torchvision_resnets import torchvision_state_dict
 
 COSINE_SCALE = 30.0  # s of LGLA / SADE; the LGLA loss reads angles as arccos(z_y / s) with the same s
-
-
-class CosineClassifier(nn.Module):
-    """logits = s * <f / |f|, w_c / |w_c|>; no bias. Computed in float32 even under autocast,
-    because the AAW loss turns these logits back into angles."""
-
-    def __init__(self, in_features: int, num_classes: int, scale: float = COSINE_SCALE):
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):
-            cos = F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
-        return self.scale * cos
 
 
 class MultiExpertNet(nn.Module):
@@ -109,42 +95,18 @@ def cifar_experts_from_cfg(blocks_per_stage: int) -> Callable[[ModelConfig, int,
 TORCHVISION_ARCHS = {"resnet50": "resnet50", "resnext50": "resnext50_32x4d", "resnet152": "resnet152"}
 
 
-def _unwrap_state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
-    """A plain state_dict, or one under 'state_dict' / 'model' (DataParallel 'module.' prefixes removed)."""
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise LongtailError(f"'{path}' does not hold a state_dict of tensors; give a torchvision ResNet checkpoint")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_pretrained_state(spec: str, arch: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights for torchvision `arch`: from a local file, or "torchvision" to use (and, when
-    online, download) torchvision's IMAGENET1K_V1 weights."""
-    if spec == "torchvision":
-        try:
-            weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-            return weights.get_state_dict(progress=False)
-        except Exception as exc:  # offline, or a proxy refusing: say what to do instead
-            raise LongtailError(
-                f"could not get torchvision's ImageNet weights for {arch} ({type(exc).__name__}); download them "
-                "once and set model.pretrained to the local .pth file"
-            ) from None
-    path = os.path.expanduser(spec)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise LongtailError(f"model.pretrained file '{spec}' does not exist; give the path of an ImageNet {arch} checkpoint") from None
-    except Exception as exc:
-        raise LongtailError(f"model.pretrained file '{spec}' could not be read as a weights-only checkpoint ({type(exc).__name__})") from None
-    return _unwrap_state_dict(obj, spec)
+    """ImageNet weights for torchvision `arch`: a local file (read as pretrained.read_state_dict does),
+    or "torchvision" for torchvision's own weights."""
+    if spec.split(":", 1)[0] == "torchvision":
+        return torchvision_state_dict(arch, spec)
+    return read_state_dict(spec)
 
 
 def _load_backbone(tv_model: nn.Module, state: dict[str, torch.Tensor], spec: str) -> None:
-    """Copy everything but the ImageNet classifier (fc.*); any other mismatch is an error."""
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    """Copy everything but the ImageNet classifier (fc.*, named classifier.* by read_state_dict);
+    any other mismatch is an error."""
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
     own = tv_model.state_dict()
     missing = [k for k in own if not k.startswith("fc.") and k not in state]
     unexpected = [k for k in state if k not in own]
