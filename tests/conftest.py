@@ -16,7 +16,7 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Tiny Fashion-MNIST-LT settings for end-to-end tests: 100 images in the largest class (IF 100 leaves 1 in the smallest), resnet8.
 TINY_FMNIST = [
     "dataset.n_max=100", "dataset.val_per_class=10", "model.name=resnet8", "train.epochs=1",
-    "train.batch_size=32", "train.progress=false", "data.num_workers=0", "eval.batch_size=2000",
+    "train.batch_size=32", "train.progress=false", "data.num_workers=0", "eval.batch_size=256",
 ]
 
 needs_fmnist = pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

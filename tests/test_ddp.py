@@ -83,9 +83,9 @@ def _worker(rank: int, world: int, init_file: str, results: str) -> None:
 
 
 def test_gather_and_global_batchnorm_in_two_processes(tmp_path):
-    # fork: the children share the imported modules, no second start-up (CPU only, no CUDA state to inherit)
+    # spawn, not fork: a child forked after earlier tests started OpenMP's thread pool can hang in it
     mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     for rank in range(2):
         out = torch.load(tmp_path / f"out.{rank}", weights_only=True)
         assert torch.equal(out["gathered"], torch.arange(21, dtype=torch.float32).view(7, 3))
