@@ -76,6 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "benchmarks" / "fmnist_methods", help="run directories")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: tabulate the runs already finished")
     parser.add_argument("--small", action="store_true", help="train ResNet-8 (and resnet8_experts) in place of ResNet-32")
     parser.add_argument("--out", type=Path, help="markdown table (default benchmarks/results/fmnist_lt_methods[.<overrides>].md)")
     args = parser.parse_args(argv)
@@ -199,9 +200,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     for n, (config, imbalance, seed) in enumerate(jobs, 1):
         run_dir = runs / f"{config}_imba{imbalance}_seed{seed}"
-        state = "done" if (run_dir / "metrics.json").is_file() else "training"
+        state = "done" if (run_dir / "metrics.json").is_file() else "skipped" if args.table_only else "training"
         print(f"[{n}/{len(jobs)}] {config}_imba{imbalance} seed {seed}: {state} ({run_dir})", flush=True)
-        train(config, imbalance, seed, run_dir, args.override, args.small)
+        if not args.table_only:
+            train(config, imbalance, seed, run_dir, args.override, args.small)
     elapsed = time.perf_counter() - start
     results: dict = {}
     for method in args.selected:
