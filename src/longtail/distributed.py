@@ -76,13 +76,6 @@ def _gather_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [p[: int(s.item())] for p, s in zip(parts, sizes)]
 
 
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate each process's rows (lengths may differ) in rank order."""
-    if not is_initialized():
-        return tensor
-    return torch.cat(_gather_parts(tensor))
-
-
 def gather_strided(tensor: torch.Tensor) -> torch.Tensor:
     """Undo a strided sharding: process r holds rows r, r + W, r + 2W, ... of a set (W processes, so
     shard lengths differ by at most one); returns all rows in the set's order on every process."""
