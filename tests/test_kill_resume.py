@@ -3,8 +3,11 @@ uninterrupted run ends (CPU, deterministic settings), and no kill ever leaves a 
 
 Kill points per case (6), each in a fresh process resuming the previous one: one mid-epoch (a fifth of an
 epoch after the "epoch 1/3" line), one while a checkpoint is being written (the moment its temp file
-appears), three at seeded random times over the run's duration and one during the final test (after the
-"epoch 3/3" line, before metrics.json).
+appears), three at seeded random fractions of the training left to the launch and one during the final
+test (after the "epoch 3/3" line, before metrics.json).
+Kill points are races against a process on a shared machine, so a kill that misses its aim is aimed again
+(up to MAX_AIMS launches): a launch that finished first is undone from a snapshot of the run directory
+taken before it, and one killed elsewhere is kept (it is one more valid kill) and resumed.
 To cover a new method after merging, add a line to CASES (config and overrides); the harness is generic.
 """
 
@@ -14,14 +17,15 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -33,6 +37,7 @@ pytestmark = needs_fmnist
 
 EPOCHS = 3
 RANDOM_KILLS = 3  # plus 3 aimed ones: mid-epoch, checkpoint write, final test
+MAX_AIMS = 5  # launches per kill point before the test gives up on a machine too loaded to aim at
 # name -> (config, overrides). Three epochs of resnet8 on a few hundred images, two DataLoader workers
 # (their augmentation RNG must be reproducible too).
 CASES: dict[str, tuple[str, list[str]]] = {
@@ -45,13 +50,17 @@ CHECKPOINT_TMP = "checkpoints/.*.pt.*.tmp"  # save_atomic's temp files
 @dataclass
 class Kill:
     """When to SIGKILL a launch: `after_s` seconds after it starts, or `delay_s` after a stdout line
-    containing one of `lines` appears, or as soon as a file matching `file` (a glob in the run dir) exists."""
+    containing one of `lines` appears, or as soon as a file matching `file` (a glob in the run dir) exists.
+    `fraction` (random kills) sets `after_s` at launch time, as that share of the launch's expected time.
+    `aimed(launch)` says whether a kill landed where it was meant to."""
 
     name: str
     after_s: Optional[float] = None
     lines: tuple[str, ...] = ()
     delay_s: float = 0.0
     file: Optional[str] = None
+    fraction: Optional[float] = None
+    aimed: Callable[["Launch"], bool] = lambda launch: launch.killed
 
     def due(self, elapsed: float, output: list[tuple[float, str]], run: Path) -> bool:
         if self.after_s is not None:
@@ -108,11 +117,14 @@ def launch(args: list[str], run: Path, kill: Optional[Kill] = None, timeout: flo
     return Launch(fired, output, tmp_left)
 
 
+def last_epoch(run: Path) -> int:
+    last = run / "checkpoints" / "last.pt"
+    return load_checkpoint(last, require=tuple(TRAINING_STATE))["progress"]["epoch"] if last.exists() else 0
+
+
 def check_nothing_half_written(run: Path, previous_epoch: int) -> int:
     """Every file a killed run leaves is complete, and no finished epoch was lost. Returns last.pt's epoch."""
-    epoch = 0
-    if (run / "checkpoints" / "last.pt").exists():
-        epoch = load_checkpoint(run / "checkpoints" / "last.pt", require=tuple(TRAINING_STATE))["progress"]["epoch"]
+    epoch = last_epoch(run)
     if (run / "checkpoints" / "best.pt").exists():
         load_checkpoint(run / "checkpoints" / "best.pt")
     assert epoch >= previous_epoch, "a kill lost a finished epoch"
@@ -166,38 +178,58 @@ def data_root(tmp_path_factory):
     return make_small_fmnist(tmp_path_factory.mktemp("fmnist_small"), test_per_class=100)
 
 
+def aim(kill: Kill, args: list[str], run: Path, expected_s: Callable[[], float]) -> tuple[Launch, int]:
+    """Launch until `kill` lands where aimed (see the module docstring). Returns the landed launch and
+    how many launches it took; every kill on the way is checked for half-written files."""
+    for attempt in range(1, MAX_AIMS + 1):
+        snapshot = run.parent / f"{run.name}.before"
+        shutil.rmtree(snapshot, ignore_errors=True)
+        if run.exists():
+            shutil.copytree(run, snapshot)
+        if kill.fraction is not None:
+            kill = replace(kill, after_s=kill.fraction * expected_s())
+        before = last_epoch(run)
+        result = launch(args, run, kill)
+        if result.killed:
+            check_nothing_half_written(run, before)
+        if not result.killed or (run / "metrics.json").exists():  # finished first: undo the launch
+            shutil.rmtree(run)
+            if snapshot.exists():
+                shutil.copytree(snapshot, run)
+            if kill.fraction is not None:  # aim at the launch just seen, not the estimate
+                kill = replace(kill, fraction=None, after_s=kill.fraction * result.output[-1][0])
+        elif kill.aimed(result):
+            return result, attempt
+    raise AssertionError(f"the kill '{kill.name}' missed its aim in {MAX_AIMS} launches; last: {_where(result)}")
+
+
 @pytest.mark.slow  # 8 launches of the CLI: about a minute on an idle 2-core machine, several when shared
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
     reference = tmp_path / "reference"
     ref = launch(_args(case, data_root, reference), reference)
     assert ref.printed("test metrics")
-    duration = ref.output[-1][0]
     epoch_s = ref.when(f"epoch 2/{EPOCHS}") - ref.when(f"epoch 1/{EPOCHS}")
+    startup_s = max(ref.when(f"epoch 1/{EPOCHS}") - epoch_s, 0.0)
+    run = tmp_path / "killed"
+
+    def training_left_s() -> float:
+        return startup_s + (EPOCHS - last_epoch(run)) * epoch_s
 
     rng = random.Random(8)
     plan = [
-        Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.2 * epoch_s),
-        Kill("checkpoint write", file=CHECKPOINT_TMP),
-        *[Kill(f"random at {t:.1f}s", after_s=t) for t in sorted(rng.uniform(0.05, 0.95) * duration for _ in range(RANDOM_KILLS))],
-        Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}")),
+        Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.2 * epoch_s,
+             aimed=lambda r: r.killed and r.printed(f"epoch 1/{EPOCHS}") and not r.printed(f"epoch 2/{EPOCHS}")),
+        Kill("checkpoint write", file=CHECKPOINT_TMP, aimed=lambda r: r.killed and bool(r.tmp_left)),
+        *[Kill(f"random {i + 1}", fraction=rng.uniform(0.05, 0.95)) for i in range(RANDOM_KILLS)],
+        Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}"),
+             aimed=lambda r: r.killed and not r.printed("test metrics")),
     ]
-    run, epoch, landed = tmp_path / "killed", 0, {}
-    for kill in plan:
-        landed[kill.name] = result = launch(_args(case, data_root, run), run, kill)
-        if result.killed:
-            epoch = check_nothing_half_written(run, epoch)
+    landed = {kill.name: aim(kill, _args(case, data_root, run), run, training_left_s) for kill in plan}
     final = launch(_args(case, data_root, run), run)
     assert not final.killed and final.printed("test metrics")
     assert_same_run(run, reference)
-
-    # the aimed kill points landed where they were aimed
-    mid, write, last = landed["mid-epoch"], landed["checkpoint write"], landed["final test"]
-    assert mid.killed and mid.printed(f"epoch 1/{EPOCHS}") and not mid.printed(f"epoch 2/{EPOCHS}")
-    assert write.killed and write.tmp_left, "the kill missed the checkpoint write"
-    assert last.killed and not last.printed("test metrics")
-    print(f"{case}: {sum(r.killed for r in landed.values())} of {len(plan)} kill points landed: "
-          + "; ".join(f"{name}: {_where(r)}" for name, r in landed.items()))
+    print(f"{case}: " + "; ".join(f"{name}: {_where(r)} (launch {n})" for name, (r, n) in landed.items()))
 
 
 def _where(result: Launch) -> str:
@@ -251,8 +283,6 @@ def test_resuming_with_a_changed_config_names_the_keys(finished_run, capsys):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(finished_run, tmp_path):
-    import shutil
-
     from conftest import run_cli
 
     run, args = finished_run
