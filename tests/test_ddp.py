@@ -96,11 +96,12 @@ def test_gather_and_global_batchnorm_in_two_processes(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-def _torchrun(*args: str) -> None:
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "longtail", *args]
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def _last(run: Path, part: str) -> dict[str, torch.Tensor]:
@@ -141,3 +142,11 @@ def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli):
     assert g1 and set(g1) == set(g2)
     for key in g1:
         assert g1[key].abs().sum() > 0 and torch.allclose(g1[key], g2[key], rtol=1e-4), key
+
+    # evaluate and tune under torchrun: the whole test set, printed and written once (by rank 0)
+    shown = _torchrun("evaluate", str(double), "--posthoc", "la", "--save").stdout
+    assert shown.count("test metrics of") == 2 and shown.count("wrote ") == 1, shown  # raw table + adjusted table
+    saved = json.loads((double / "eval_la.json").read_text())
+    assert saved["num_images"] == 10_000
+    shown = _torchrun("tune", str(double), "--posthoc", "la", "--grid", "0:1:0.5").stdout
+    assert shown.count("wrote ") == 1 and shown.count("post-hoc la: validation top-1 over tau") == 1, shown

@@ -31,6 +31,7 @@ def _class_counts(text: Optional[str]) -> Optional[list[int]]:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .distributed import launched_as_main
     from .evaluation import evaluate_checkpoint, run_directory, save_json
     from .metrics import format_table
     from .posthoc import describe_posthoc
@@ -43,6 +44,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.run, split=args.split, overrides=args.overrides, posthoc=posthoc, tau=tau, pn_mass=args.pn_mass,
         imbalance_factor=args.imbalance_factor, class_counts=_class_counts(args.class_counts),
     )
+    if not launched_as_main():  # under torchrun every process evaluated its shard; rank 0 reports
+        return
     title = f"{metrics['split']} metrics of {metrics['checkpoint_path']}"
     if metrics["posthoc"] is not None:
         print(format_table(metrics["raw"], f"{title}, raw argmax:"))
@@ -55,9 +58,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
+    from .distributed import launched_as_main
     from .tune import tune
 
-    tune(args.run, args.posthoc, grid=args.grid, on=args.on, overrides=args.overrides, pn_mass=args.pn_mass)
+    main = launched_as_main()  # under torchrun rank 0 alone prints and writes
+    tune(args.run, args.posthoc, grid=args.grid, on=args.on, overrides=args.overrides, pn_mass=args.pn_mass,
+         write=main, log=print if main else lambda line: None)
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -48,6 +48,11 @@ def setup(device_name: str) -> Runtime:
     return Runtime(device, rank, world_size, local_rank)
 
 
+def launched_as_main() -> bool:
+    """Rank 0 of a torchrun launch, or a process launched alone: the one that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
