@@ -78,7 +78,15 @@ class Entry:
         return self.run.config.get("seed"), self.run.config.get("dataset.seed")
 
     @property
+    def training(self) -> tuple:
+        """The config keys that decide the trained weights."""
+        return tuple(sorted((k, repr(v)) for k, v in self.run.config.items() if k not in NOT_METHOD and not k.startswith("eval.")))
+
+    @property
     def identity(self) -> tuple:
+        # a raw argmax does not depend on eval.*: raw, a run configured with a post-hoc step is the plain method
+        if self.variant == 0:
+            return self.training
         return tuple(sorted((k, repr(v)) for k, v in self.run.config.items() if k not in NOT_METHOD))
 
     @property
@@ -136,7 +144,7 @@ class Table:
 
 
 def build_tables(runs: Iterable[Run]) -> list[Table]:
-    found = [e for run in runs for e in entries(run)]
+    found = _drop_repeated_raw([e for run in runs for e in entries(run)])
     tables = []
     for dataset in sorted({e.dataset for e in found}):
         mine = [e for e in found if e.dataset == dataset]
@@ -144,13 +152,26 @@ def build_tables(runs: Iterable[Run]) -> list[Table]:
         loss_order = list(DISPLAY_NAMES["loss.name"])
         # a method's variants (post-hoc rows) stay under the run they came from
         mine.sort(key=lambda e: (_index(loss_order, e.run.config.get("loss.name")), method_name(e.run.config),
-                                 e.identity, e.variant, labels[id(e)]))
+                                 e.training, e.variant, labels[id(e)]))
         columns = [c for _, c in sorted({(e.column_order, e.column) for e in mine})]
         rows: dict[str, dict[str, list[Entry]]] = {}
         for e in mine:
             rows.setdefault(labels[id(e)], {c: [] for c in columns})[e.column].append(e)
         tables.append(Table(dataset, columns, rows, {e.seed for e in mine}))
     return tables
+
+
+def _drop_repeated_raw(found: list[Entry]) -> list[Entry]:
+    """A run configured with a post-hoc step also reports its raw argmax. Where a plain run of the same
+    method and seed exists, that raw entry is the same training measured twice: keep the plain run's."""
+    def key(e: Entry) -> tuple:
+        return e.dataset, e.column, e.identity, e.seed
+
+    def plain(e: Entry) -> bool:
+        return e.run.config.get("eval.posthoc", "none") == "none"
+
+    measured = {key(e) for e in found if e.variant == 0 and plain(e)}
+    return [e for e in found if e.variant != 0 or plain(e) or key(e) not in measured]
 
 
 def _index(order: list, value: Any) -> int:
