@@ -175,6 +175,18 @@ def test_raw_argmax_of_a_posthoc_run_counts_as_the_plain_method_once(tmp_path: P
     assert {row[0]: row[1] for row in rows} == {"CE": "62.00 ± 2.83 (2 seeds)", "CE + PN (τ=1)": "68.00 ± 2.83 (2 seeds)"}
 
 
+def test_a_config_written_before_a_key_existed_is_the_same_method(tmp_path: Path):
+    import yaml
+
+    make_run(tmp_path / "new", ["seed=0"], 60.0)
+    old = make_run(tmp_path / "old", ["seed=1"], 64.0)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["train"]["sync_bn"], config["dataset"]["verify_images"]  # keys an older longtail did not write
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    (table,) = build_tables(find_runs([tmp_path])[0])
+    assert {row[0]: row[1] for row in grid(table)[1]} == {"CE": "62.00 ± 2.83 (2 seeds)"}
+
+
 def test_results_table_without_pandas_says_how_to_install(runs: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
     with pytest.raises(LongtailError, match=re.escape("pip install longtail[report]")):

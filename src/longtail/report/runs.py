@@ -7,6 +7,7 @@ Nothing else is read: no checkpoints, no TensorBoard files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..config import flatten
+from ..config import Config, dump_yaml, flatten
 from ..errors import LongtailError
 
 
@@ -72,7 +73,8 @@ def _search(root: Path) -> tuple[list[Path], list[Path]]:
 
 
 def read_run(path: Path) -> Run:
-    config = _read_yaml(path / "config.yaml")
+    # a config.yaml written before a key existed lacks it: that run behaved as the key's default says
+    config = {**_defaults(), **_read_yaml(path / "config.yaml")}
     metrics = _read_json(path / "metrics.json")
     if not any(isinstance(metrics.get(k), (int, float, dict)) for k in ("top1", "raw")):
         raise LongtailError(f"'{path / 'metrics.json'}' has no 'top1' accuracy; it was not written by longtail")
@@ -81,6 +83,12 @@ def read_run(path: Path) -> Run:
         tune = _read_json(file)
         tunes[tune.get("posthoc", file.stem[len("tune_"):])] = tune
     return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"))
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every config key at its default, as config.yaml would hold it."""
+    return flatten(yaml.safe_load(dump_yaml(Config())))
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
