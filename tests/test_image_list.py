@@ -169,7 +169,7 @@ def test_unreadable_image_names_its_file_and_line(tree, tmp_path):
     cfg = load_config(None, ["dataset.name=places_lt", f"dataset.root={root}", f"dataset.train_list={listing}",
                              f"dataset.test_list={listing}", "data.image_size=32"])
     bundle = build_data(cfg)  # the list itself is fine
-    with pytest.raises(UnreadableImage, match=r"bad.JPEG' \(list.txt:2\) cannot be read"):
+    with pytest.raises(UnreadableImage, match=r"bad.JPEG' \(list.txt:2\) cannot be read") as direct:
         bundle.train[1]
     # through DataLoader workers, the error arrives as the same one-line message
     dataset = TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
@@ -177,6 +177,7 @@ def test_unreadable_image_names_its_file_and_line(tree, tmp_path):
     with pytest.raises(LongtailError) as info:
         list(batches)
     assert "\n" not in str(info.value) and "list.txt:2" in str(info.value)
+    assert str(info.value) == str(direct.value)  # the dataset's message alone, no worker traceback
     # verify_images finds it before training
     cfg.dataset.verify_images = True
     with pytest.raises(LongtailError, match=r"1 unreadable image\(s\): list.txt:2: image 'x/bad.JPEG' cannot be decoded"):

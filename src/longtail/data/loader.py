@@ -53,15 +53,16 @@ class TransformedImages(Dataset):
 
 def clean_errors(batches: Iterable) -> Iterator:
     """Re-raise a LongtailError from a DataLoader worker (which arrives wrapped with the worker's
-    traceback in its message) as the one-line message the dataset wrote."""
+    traceback in its message) as the one-line message the dataset wrote: what follows the traceback's
+    final 'module.ExceptionName: '. LongtailError has already folded that traceback onto one line."""
     try:
         yield from batches
     except LongtailError as exc:
         text = str(exc)
-        if "Original Traceback" not in text:
+        marker = f"{type(exc).__name__}: "
+        if "Original Traceback" not in text or marker not in text:
             raise
-        last = text.strip().splitlines()[-1]
-        raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
+        raise type(exc)(text.rsplit(marker, 1)[1]) from None
 
 
 class LoaderPipeline:
