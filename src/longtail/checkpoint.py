@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import pickle
 import tempfile
@@ -96,6 +97,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise LongtailError(f"could not write '{path}' ({exc.strerror or exc}); free some space or check the folder, then continue with --resume") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """A run's JSON result files (metrics.json, tune_*.json, eval_*.json), written as write_text_atomic does."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def remove_partial_writes(directory: Path) -> list[Path]:

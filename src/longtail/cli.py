@@ -32,7 +32,8 @@ def _class_counts(text: Optional[str]) -> Optional[list[int]]:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .distributed import launched_as_main
-    from .evaluation import evaluate_checkpoint, run_directory, save_json
+    from .checkpoint import write_json_atomic
+    from .evaluation import evaluate_checkpoint, run_directory
     from .metrics import format_table
     from .posthoc import describe_posthoc
 
@@ -53,7 +54,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(format_table(metrics, title + ":"))
     if args.save:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
-        save_json(out, metrics)
+        write_json_atomic(out, metrics)
         print(f"wrote {out}")
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_text_atomic
+from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
 from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
@@ -189,10 +189,6 @@ def _check_space(run_dir: Path, model: nn.Module) -> None:
 def _config_differences(saved: Config, current: Config) -> list[str]:
     before, after = flat_dict(saved), flat_dict(current)
     return sorted(k for k in after if k not in RESUME_SAFE_KEYS and before.get(k) != after[k])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -454,7 +450,7 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
         "class_counts": bundle.class_counts,
     })
     if runtime.is_main:
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json_atomic(run_dir / "metrics.json", metrics)
         title = f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
         if metrics["posthoc"] is not None:
             print(format_table(metrics["raw"], f"{title}, raw argmax:"))

@@ -7,7 +7,6 @@ any tau, is then computed from those stored logits (`evaluate_checkpoint`, and `
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -172,12 +171,6 @@ def evaluate_checkpoint(
     return metrics
 
 
-def save_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def sweep(
     name: str, logits: torch.Tensor, labels: torch.Tensor, taus: Sequence[float], class_counts: Sequence[int],
     inputs: PosthocInputs,
@@ -192,5 +185,5 @@ def sweep(
 
 __all__ = [
     "RunOutputs", "load_outputs", "outputs_of", "load_run", "resolve_checkpoint", "restore_model", "check_bundle",
-    "evaluate_checkpoint", "prior_counts", "run_directory", "save_json", "sweep", "class_mass",
+    "evaluate_checkpoint", "prior_counts", "run_directory", "sweep", "class_mass",
 ]

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import LongtailError
-from .evaluation import load_run, outputs_of, run_directory, save_json, sweep
+from .checkpoint import write_json_atomic
+from .evaluation import load_run, outputs_of, run_directory, sweep
 from .metrics import format_table
 from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics
 
@@ -90,7 +91,7 @@ def tune(
     _report(result, log)
     if write:
         out = run_directory(path) / f"tune_{posthoc}.json"
-        save_json(out, result)
+        write_json_atomic(out, result)
         log(_tag(on) + f"wrote {out}")
     return result
 
