@@ -34,8 +34,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .distributed import launched_as_main
     from .checkpoint import write_json_atomic
     from .evaluation import evaluate_checkpoint, run_directory
-    from .metrics import format_table
-    from .posthoc import describe_posthoc
+    from .posthoc import format_configured
 
     posthoc = args.posthoc or "none"
     if posthoc == "none" and (args.tau is not None or args.save or args.pn_mass):
@@ -47,11 +46,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     if not launched_as_main():  # under torchrun every process evaluated its shard; rank 0 reports
         return
-    title = f"{metrics['split']} metrics of {metrics['checkpoint_path']}"
-    if metrics["posthoc"] is not None:
-        print(format_table(metrics["raw"], f"{title}, raw argmax:"))
-        title += f", {describe_posthoc(metrics['posthoc'])}"
-    print(format_table(metrics, title + ":"))
+    print(format_configured(metrics, f"{metrics['split']} metrics of {metrics['checkpoint_path']}"))
     if args.save:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
         write_json_atomic(out, metrics)

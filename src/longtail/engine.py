@@ -31,12 +31,12 @@ from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
-from .metrics import evaluate_predictions, format_table
+from .metrics import evaluate_predictions
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
-from .posthoc import check_posthoc, classifier_weight, configured_metrics, describe_posthoc
+from .posthoc import check_posthoc, classifier_weight, configured_metrics, format_configured
 
 # Keys that may change between a run and its resume without changing what is computed.
 # data.num_workers is not one: with workers, augmentation draws come from per-worker generators.
@@ -451,11 +451,7 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     })
     if runtime.is_main:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        title = f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
-        if metrics["posthoc"] is not None:
-            print(format_table(metrics["raw"], f"{title}, raw argmax:"))
-            title += f", {describe_posthoc(metrics['posthoc'])}"
-        print(format_table(metrics, title + ":"))
+        print(format_configured(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"))
     return metrics
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import LongtailError
 from .losses.logit_adjusted import log_prior
-from .metrics import evaluate_predictions, expert_metrics
+from .metrics import evaluate_predictions, expert_metrics, format_table
 
 MASS_SOURCES = ("val", "transductive")
 
@@ -147,6 +147,15 @@ def configured_metrics(
     if posthoc == "la":
         block["prior_counts"] = list(inputs.class_counts)
     return {**adjusted, **extra, "raw": raw, "posthoc": block}
+
+
+def format_configured(metrics: dict, title: str) -> str:
+    """configured_metrics' result for the terminal under `title`: the raw argmax table, then (when a
+    correction was applied) the corrected one."""
+    if metrics["posthoc"] is None:
+        return format_table(metrics, title + ":")
+    raw = format_table(metrics["raw"], f"{title}, raw argmax:")
+    return raw + "\n" + format_table(metrics, f"{title}, {describe_posthoc(metrics['posthoc'])}:")
 
 
 def describe_posthoc(block: dict) -> str:
