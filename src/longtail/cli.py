@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LongtailError as exc:
         if args.debug:
             raise
-        print(f"longtail: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
+        print(f"longtail: error: {exc}", file=sys.stderr)  # one line: LongtailError folds its message
         return 2
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
