@@ -1,6 +1,6 @@
 """Accuracy metrics for long-tailed evaluation, all derived from one confusion matrix.
 
-Shot groups follow the training counts: many > 100, medium 20..100, few < 20 images. A group
+Shot groups (shots.py) follow the training counts: many > 100, medium 20..100, few < 20 images. A group
 with no classes, or whose classes have no evaluated images, is None ("not defined"), never 0.
 Accuracies are percentages.
 """
@@ -11,21 +11,13 @@ from typing import Optional, Sequence
 
 import torch
 
-MANY_ABOVE, FEW_BELOW = 100, 20
+from .shots import shot_groups
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) counts, rows = true class, columns = predicted class. Summed across processes it stays exact."""
     flat = targets.long() * num_classes + preds.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def shot_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
-    return {
-        "many": [c for c, n in enumerate(class_counts) if n > MANY_ABOVE],
-        "medium": [c for c, n in enumerate(class_counts) if FEW_BELOW <= n <= MANY_ABOVE],
-        "few": [c for c, n in enumerate(class_counts) if n < FEW_BELOW],
-    }
 
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import LongtailError
-from .tables import SHOTS, Entry, Table, mean_std
+from ..shots import SHOTS, shot_groups
+from .tables import Entry, Table, mean_std
 
 BETAS = (0.0, 0.99, 0.999, 0.9999)
 
@@ -106,8 +107,7 @@ def _group_size(by_method: dict[str, list[Entry]], shot: str) -> str:
     counts = next((e.class_counts for cell in by_method.values() for e in cell if e.class_counts), None)
     if counts is None:
         return ""
-    n = sum(1 for c in counts if (c > 100 if shot == "many" else c < 20 if shot == "few" else 20 <= c <= 100))
-    return f"({n} classes)"
+    return f"({len(shot_groups(counts)[shot])} classes)"
 
 
 def _tau_curves(by_method: dict[str, list[Entry]], where: str):

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 from ..config import Config, flat_dict
 from ..errors import LongtailError
+from ..shots import RULE, SHOTS
 from .runs import Run
 
 # What tables and legends call a method, by config key and value. A value not listed is shown as
@@ -40,7 +41,6 @@ NOT_METHOD = {
     "train.progress", "train.resume", "train.compile", "eval.batch_size",
 }
 
-SHOTS = ("many", "medium", "few")
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
 
 
@@ -292,7 +292,7 @@ def markdown(tables: list[Table]) -> str:
              "τ: the post-hoc temperature chosen by `longtail tune`.", ""]
     for table in tables:
         parts += [f"## {table.dataset}", "", provenance(table) + ".", "", "Top-1 accuracy (%)", "", _md_table(*grid(table)), "",
-                  "Many / medium / few accuracy (%): classes with > 100, 20-100, < 20 training images", "",
+                  f"Many / medium / few accuracy (%): classes with {RULE}", "",
                   _md_table(*grid(table, shots=True)), ""]
         if tuned_on_test(table):
             parts += ["**Rows marked 'τ tuned on test' chose τ on the test set itself: optimistic, not comparable "
