@@ -25,9 +25,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import LongtailError
 from .cosine import CosineClassifier
-from .pretrained import read_state_dict
+from .pretrained import HEAD, pretrained_state
 from .resnet_cifar import init_weights, make_stage
-from .torchvision_resnets import torchvision_state_dict
 
 COSINE_SCALE = 30.0  # s of LGLA / SADE; the LGLA loss reads angles as arccos(z_y / s) with the same s
 
@@ -95,18 +94,10 @@ def cifar_experts_from_cfg(blocks_per_stage: int) -> Callable[[ModelConfig, int,
 TORCHVISION_ARCHS = {"resnet50": "resnet50", "resnext50": "resnext50_32x4d", "resnet152": "resnet152"}
 
 
-def load_pretrained_state(spec: str, arch: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights for torchvision `arch`: a local file (read as pretrained.read_state_dict does),
-    or "torchvision" for torchvision's own weights."""
-    if spec.split(":", 1)[0] == "torchvision":
-        return torchvision_state_dict(arch, spec)
-    return read_state_dict(spec)
-
-
 def _load_backbone(tv_model: nn.Module, state: dict[str, torch.Tensor], spec: str) -> None:
-    """Copy everything but the ImageNet classifier (fc.*, named classifier.* by read_state_dict);
-    any other mismatch is an error."""
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    """Copy everything but the ImageNet classifier (torchvision's fc.*, which pretrained_state names
+    classifier.*); any other mismatch is an error."""
+    state = {k: v for k, v in state.items() if not k.startswith(HEAD)}
     own = tv_model.state_dict()
     missing = [k for k in own if not k.startswith("fc.") and k not in state]
     unexpected = [k for k in state if k not in own]
@@ -138,7 +129,7 @@ def torchvision_resnet_experts(arch: str, num_classes: int, in_channels: int = 3
     if pretrained is not None:
         if in_channels != 3:
             raise LongtailError(f"ImageNet weights expect 3 input channels, the dataset has {in_channels}; set model.pretrained to null")
-        _load_backbone(tv_model, load_pretrained_state(pretrained, arch), pretrained)
+        _load_backbone(tv_model, pretrained_state(pretrained, arch), pretrained)
     elif in_channels != 3:
         tv_model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         _torchvision_init(tv_model.conv1)

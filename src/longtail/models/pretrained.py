@@ -46,20 +46,31 @@ def read_state_dict(path_text: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LongtailError(f"model.pretrained '{path}' holds no state_dict of tensors")
-    state = {}
-    for key, value in obj.items():
+    return _longtail_names(obj)
+
+
+def _longtail_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without DistributedDataParallel's 'module.' prefix, and torchvision's head 'fc.' named 'classifier.'."""
+    renamed = {}
+    for key, value in state.items():
         key = key.removeprefix("module.")
-        state[HEAD + key[3:] if key.startswith("fc.") else key] = value
-    return state
+        renamed[HEAD + key[3:] if key.startswith("fc.") else key] = value
+    return renamed
+
+
+def pretrained_state(spec: str, arch: str) -> dict[str, torch.Tensor]:
+    """The tensors `model.pretrained` names, under longtail's names: 'torchvision[:weights]' for
+    torchvision's ImageNet weights of `arch`, else a file (read_state_dict)."""
+    if spec.split(":", 1)[0] == "torchvision":
+        return _longtail_names(torchvision_state_dict(arch, spec))
+    return read_state_dict(spec)
 
 
 def load_pretrained(model: nn.Module, cfg: ModelConfig) -> None:
     """Copy the backbone (and with `pretrained_classifier` the classifier) into `model`."""
     spec = cfg.pretrained
     assert spec is not None
-    state = torchvision_state_dict(cfg.name, spec) if spec.split(":", 1)[0] == "torchvision" else read_state_dict(spec)
-    if spec.split(":", 1)[0] == "torchvision":
-        state = {(HEAD + k[3:] if k.startswith("fc.") else k): v for k, v in state.items()}
+    state = pretrained_state(spec, cfg.name)
     target = model.state_dict()
     wanted = [k for k in target if cfg.pretrained_classifier or not k.startswith(HEAD)]
     # old torchvision files predate BatchNorm's step counter; the model keeps its own then
