@@ -224,7 +224,8 @@ def decode(path: str) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
+    """The last line of an exception's message (where a decoder states the cause), at most 200 characters."""
     text = str(exc).strip().splitlines()
     return (text[-1] if text else type(exc).__name__)[:200]
 
@@ -238,7 +239,7 @@ def verify_images(datasets: list["ImageList"], threads: int) -> None:
         try:
             decode(ds.full_path(i))
         except Exception as exc:  # any decoder failure is a bad image
-            return f"{ds.where(i)}: image '{ds.path(i)}' cannot be decoded ({_first_line(exc)})"
+            return f"{ds.where(i)}: image '{ds.path(i)}' cannot be decoded ({_last_line(exc)})"
         return None
 
     seen: set[bytes] = set()  # an image listed twice (or in two lists) is decoded and reported once
@@ -290,7 +291,7 @@ class ImageList(Dataset):
             image = decode(self.full_path(i))
         except Exception as exc:  # any decoder failure: name the file, never skip it silently
             raise UnreadableImage(
-                f"image '{self.full_path(i)}' ({self.where(i)}) cannot be read ({_first_line(exc)}); replace it or "
+                f"image '{self.full_path(i)}' ({self.where(i)}) cannot be read ({_last_line(exc)}); replace it or "
                 "remove its line (dataset.verify_images=true lists every unreadable image before training)"
             ) from None
         return image, int(self.targets[i])
