@@ -122,8 +122,8 @@ def last_epoch(run: Path) -> int:
     return load_checkpoint(last, require=tuple(TRAINING_STATE))["progress"]["epoch"] if last.exists() else 0
 
 
-def check_nothing_half_written(run: Path, previous_epoch: int) -> int:
-    """Every file a killed run leaves is complete, and no finished epoch was lost. Returns last.pt's epoch."""
+def check_nothing_half_written(run: Path, previous_epoch: int) -> None:
+    """Every file a killed run leaves is complete, and no finished epoch was lost."""
     epoch = last_epoch(run)
     if (run / "checkpoints" / "best.pt").exists():
         load_checkpoint(run / "checkpoints" / "best.pt")
@@ -137,7 +137,6 @@ def check_nothing_half_written(run: Path, previous_epoch: int) -> int:
         import yaml
 
         assert isinstance(yaml.safe_load((run / "config.yaml").read_text()), dict)
-    return epoch
 
 
 def _tb_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
