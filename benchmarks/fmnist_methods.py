@@ -17,8 +17,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # machine.py, also when the tests load this file
 
 import torch  # noqa: E402
 
@@ -37,6 +36,7 @@ from longtail.config import load_config  # noqa: E402
 from longtail.engine import fit  # noqa: E402
 from longtail.evaluation import evaluate_checkpoint  # noqa: E402
 from longtail.tune import tune  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -134,20 +134,6 @@ def cell(values: list[Optional[float]]) -> str:
     return f"{statistics.mean(present):.2f} ± {statistics.stdev(present):.2f}"
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -161,7 +147,7 @@ def render(results: dict, args: argparse.Namespace, elapsed: float, tag: str) ->
         "# Fashion-MNIST-LT: the logit-adjustment family",
         "",
         f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.rsplit('/', 1)[-1], *sys.argv])}`",
-        f"- torch {torch.__version__}; {hardware()}; commit {git_commit()}; "
+        f"- torch {torch.__version__}; {machine_line(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}; commit {git_commit()}; "
         f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; {elapsed / 60:.1f} min for the runs not already finished",
         f"- Configs: configs/fmnist_lt/<method>_imba<IF>.yaml; seeds {', '.join(map(str, args.seeds))} "
         "(`seed` and `dataset.seed`); checkpoint chosen by validation top-1 (100 unused training images per class); "

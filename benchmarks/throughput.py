@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmark this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, also when imported from elsewhere
 
 from longtail.config import Config, load_config  # noqa: E402
 from longtail.data import IN_MEMORY  # noqa: E402
@@ -49,6 +50,7 @@ from longtail.engine import _set_determinism, train_one_epoch  # noqa: E402
 from longtail.losses import create_loss  # noqa: E402
 from longtail.models import create_model  # noqa: E402
 from longtail.optim import build_optimizer, build_scheduler  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 SPEC = CIFAR["cifar100"]
 GALA_AUGMENT = ["data.crop=true", "data.flip=true", "data.autoaugment=true", "data.cutout=16"]
@@ -380,14 +382,6 @@ def full_run(args: argparse.Namespace) -> tuple[float, float]:
 
 def sync_of(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def machine_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"CPU {model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

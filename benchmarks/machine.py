@@ -1,0 +1,22 @@
+"""What a benchmark ran on, for the records the benchmark scripts write."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine_line(device: torch.device) -> str:
+    """The GPU and CUDA version, or the CPU model, its logical cores and torch's thread count."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    model = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    except OSError:  # no /proc (macOS, Windows)
+        pass
+    return f"CPU {model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
