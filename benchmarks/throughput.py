@@ -47,6 +47,7 @@ from longtail.data.pipeline import train_batches  # noqa: E402
 from longtail.data.splits import long_tailed_counts  # noqa: E402
 from longtail.distributed import Runtime  # noqa: E402
 from longtail.engine import _set_determinism, train_one_epoch  # noqa: E402
+from longtail.inference import prepare_model  # noqa: E402
 from longtail.losses import create_loss  # noqa: E402
 from longtail.models import create_model  # noqa: E402
 from longtail.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -201,8 +202,7 @@ def longtail_rate(cfg: Config, bundle: DataBundle, runtime: Runtime, warmup: int
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
-    if runtime.device.type == "cuda" and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model, cfg, runtime.device)
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
     pipeline = train_batches(bundle, cfg, runtime)
     batches = Timed(FixedBatch(*fixed, len(pipeline)) if fixed else pipeline, warmup, steps, sync_of(runtime.device))

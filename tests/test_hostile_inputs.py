@@ -157,7 +157,7 @@ def _build_like_fit(cfg):
     from longtail import distributed
     from longtail.data import build_data
     from longtail.data.pipeline import train_batches
-    from longtail.engine import evaluate_split
+    from longtail.inference import evaluate_split
     from longtail.losses import create_loss
     from longtail.models import create_model
     from longtail.optim import build_optimizer, build_scheduler, lr_factor

@@ -99,9 +99,10 @@ class TrainConfig:
     eval_every: int = 1
     select: str = "best_val"  # best_val | last
     resume: bool = False
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
-    compile: bool = False
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere
+    amp: Union[bool, str] = "auto"  # auto | true | false
+    channels_last: Union[bool, str] = "auto"  # auto: wherever bf16 autocast runs | true | false
+    compile: bool = False  # torch.compile the model for training (inductor; on CPU it needs a C++ compiler)
     progress: bool = True
     deterministic: bool = True
     sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (same result as 1 process)
@@ -130,7 +131,9 @@ class Config:
 
 
 # Values a string-valued key may take; checked at load time so typos fail before training.
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
+    "train.amp": ("auto", True, False),
+    "train.channels_last": ("auto", True, False),
     "device": ("auto", "cpu", "cuda"),
     "dataset.profile": ("exp", "step"),
     "dataset.val_source": ("train_unused", "test_holdout", "none"),
@@ -247,8 +250,9 @@ def _validate_key(key: str, value: Any) -> Any:
     if key not in SCHEMA:
         raise LongtailError(f"unknown config key {_short(key)}{_closest(key)}")
     value = _coerce(key, value, SCHEMA[key])
-    if key in CHOICES and value not in CHOICES[key]:
-        raise LongtailError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {_short(value)}")
+    if key in CHOICES and not any(value == c and type(value) is type(c) for c in CHOICES[key]):
+        allowed = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
+        raise LongtailError(f"config key '{key}' must be one of {allowed}; got {_short(value)}")
     for number in value if isinstance(value, list) else [value]:
         if isinstance(number, float) and not math.isfinite(number):
             raise LongtailError(f"config key '{key}' must be a finite number, got {number}")

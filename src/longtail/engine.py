@@ -1,7 +1,8 @@
 """Training and evaluation. The engine knows no method by name: it calls the model, the loss
 (`loss(output[loss.input_key], targets)`, `loss.set_epoch`) and the data pipeline it is given.
 
-Reading order: `train_one_epoch`, `predict`, `fit` (with its run-directory helpers).
+Reading order: `train_one_epoch`, then `fit` (with its run-directory helpers). Running a model over a split
+lives in `inference.py`, shared with evaluation.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import random
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -26,12 +27,12 @@ from . import distributed
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
-from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
+from .data.pipeline import TrainBatches, eval_splits_on_device, train_batches
 from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
-from .metrics import evaluate_predictions
+from .inference import autocast, describe, evaluate_split, predict_split, prepare_model, to_layout
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
 from .models.sync_batchnorm import convert_sync_batchnorm
@@ -48,12 +49,6 @@ CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress ba
 
 class NonFiniteLoss(LongtailError):
     pass
-
-
-def autocast(cfg: Config, device: torch.device):
-    if device.type == "cuda" and cfg.train.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def train_one_epoch(
@@ -77,9 +72,7 @@ def train_one_epoch(
     images, steps, start = 0, 0, time.perf_counter()
     bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=None if show_progress else True)
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda" and cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_layout(x.to(device, non_blocking=True), cfg, device), y.to(device, non_blocking=True)
         with autocast(cfg, device):
             output = model(x)
         loss = criterion(output[criterion.input_key].float(), y)
@@ -116,42 +109,6 @@ def _check_finite(recent: torch.Tensor, steps: int, epoch: int) -> None:
         first = int(torch.nonzero(bad)[0])
         step = (steps - 1) // CHECK_EVERY * CHECK_EVERY + first + 1
         raise NonFiniteLoss(f"the loss became {recent[first].item()} at step {step} of epoch {epoch + 1}")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
-    float32, rows in the set's order. Outputs stay on the device until the end: one host sync per evaluation,
-    not one per batch. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
-    model.eval()
-    outputs: dict[str, list[torch.Tensor]] = {}
-    labels = []
-    for x, y in batches:
-        if runtime.device.type == "cuda" and cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg, runtime.device):
-            out = model(x)
-        for key, value in out.items():
-            if key == "features":  # not returned; keeping them would only cost memory
-                continue
-            # multi-expert outputs are (E, B, C): keep the batch axis first while gathering
-            value = value.transpose(0, 1) if key == "expert_logits" else value
-            outputs.setdefault(key, []).append(value.float())
-        labels.append(y)
-    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items()}
-    if "expert_logits" in result:
-        result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
-    result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
-    return result
-
-
-def predict_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    return predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
-
-
-def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
-    out = predict_split(model, split, bundle, cfg, runtime)
-    return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -286,8 +243,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     if cfg.model.freeze_backbone:
         trainable = freeze_backbone(model)
         log(f"backbone frozen: training the classifier only ({trainable} parameters)")
-    if runtime.device.type == "cuda" and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model, cfg, runtime.device)
     if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
         check_posthoc(cfg.eval.posthoc, classifier_weight(model))
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
@@ -304,6 +260,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
         if resume_ckpt is not None:
             _settle_killed_run(run_dir, progress, best_path, lambda: _best_payload(cfg, bundle, model, progress))
             log(f"resuming '{run_dir}' after epoch {progress.epoch}")
+    log(f"computing on {describe(cfg, runtime.device)}")
     distributed.barrier()
     train_model: nn.Module = model
     if runtime.distributed:

@@ -18,7 +18,7 @@ from . import distributed
 from .checkpoint import load_checkpoint
 from .config import Config, flatten, from_flat, parse_override
 from .data import DataBundle, build_data, long_tailed_counts
-from .engine import predict_split
+from .inference import predict_split
 from .errors import LongtailError
 from .models import create_model
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics

@@ -38,7 +38,7 @@ NOT_METHOD = {
     "seed", "dataset.seed",
     "dataset.name", "dataset.imbalance_factor", "dataset.profile",
     "dataset.root", "dataset.download", "data.num_workers", "data.pipeline", "device",
-    "train.progress", "train.resume", "train.compile", "eval.batch_size",
+    "train.progress", "train.resume", "train.compile", "train.amp", "train.channels_last", "eval.batch_size",
 }
 
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group

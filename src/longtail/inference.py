@@ -1,0 +1,106 @@
+"""Running a model over data: the numeric precision and memory layout a run uses, and `predict`, which
+training (validation, the final test), evaluation, tuning, prediction and export share.
+
+Precision (`train.amp`): `auto` is bf16 autocast on CUDA and on CPUs with native bf16 arithmetic
+(AVX512-BF16 or AMX), float32 elsewhere; `true` / `false` force it. Layout (`train.channels_last`):
+`auto` is channels_last wherever bf16 autocast runs (where it was measured to pay), NCHW elsewhere.
+Evaluation runs in the precision the run trained in. Losses, metrics and statistics stay float32/float64.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Iterable, Union
+
+import torch
+from torch import nn
+
+from . import distributed
+from .config import Config
+from .data import DataBundle
+from .data.pipeline import eval_batches
+from .distributed import Runtime
+from .metrics import evaluate_predictions
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles), read from what
+    PyTorch's own CPU probe reports, not guessed from the vendor. Without it bf16 is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def uses_bf16(amp: Union[bool, str], device: torch.device) -> bool:
+    """Resolve `train.amp` (auto | true | false) on `device`."""
+    if amp == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return bool(amp)
+
+
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Resolve `train.channels_last` (auto | true | false) on `device`."""
+    if cfg.train.channels_last == "auto":
+        return device.type == "cuda" or uses_bf16(cfg.train.amp, device)
+    return bool(cfg.train.channels_last)
+
+
+def autocast(cfg: Config, device: torch.device):
+    if uses_bf16(cfg.train.amp, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_layout(x: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
+    """An image batch in the memory layout the model was put in (`prepare_model`)."""
+    if x.dim() == 4 and uses_channels_last(cfg, device):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    if uses_channels_last(cfg, device):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
+def describe(cfg: Config, device: torch.device) -> str:
+    """One line saying how this run computes, for the log."""
+    precision = "bf16 autocast" if uses_bf16(cfg.train.amp, device) else "float32"
+    layout = "channels_last" if uses_channels_last(cfg, device) else "NCHW"
+    compiled = ", torch.compile" if cfg.train.compile else ""
+    return f"{device.type}: {precision}, {layout}{compiled}"
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """Every model output but 'features' over the evaluated set, gathered from all processes, on the CPU in
+    float32, rows in the set's order. Outputs stay on the device until the end: one host sync per evaluation,
+    not one per batch. `batches` is this process's rank::world_size shard (as eval_batches yields)."""
+    model.eval()
+    outputs: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for x, y in batches:
+        x = to_layout(x, cfg, runtime.device)
+        with autocast(cfg, runtime.device):
+            out = model(x)
+        for key, value in out.items():
+            if key == "features":  # not returned; keeping them would only cost memory
+                continue
+            # multi-expert outputs are (E, B, C): keep the batch axis first while gathering
+            value = value.transpose(0, 1) if key == "expert_logits" else value
+            outputs.setdefault(key, []).append(value.float())
+        labels.append(y)
+    result = {k: distributed.gather_strided(torch.cat(v)).cpu() for k, v in outputs.items()}
+    if "expert_logits" in result:
+        result["expert_logits"] = result["expert_logits"].transpose(0, 1).contiguous()
+    result["labels"] = distributed.gather_strided(torch.cat(labels)).cpu()
+    return result
+
+
+def predict_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
+    return predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+
+
+def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:
+    out = predict_split(model, split, bundle, cfg, runtime)
+    return evaluate_predictions(out["logits"].argmax(1), out["labels"], bundle.class_counts)
