@@ -19,4 +19,13 @@ def machine_line(device: torch.device) -> str:
                       if line.startswith("model name")), model)
     except OSError:  # no /proc (macOS, Windows)
         pass
-    return f"CPU {model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+    return (f"CPU {model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, "
+            f"{cpu_capability()}")
+
+
+def cpu_capability() -> str:
+    """The vector extension PyTorch's kernels use here, and whether bf16 runs in hardware (what train.amp=auto reads)."""
+    from longtail.inference import cpu_has_native_bf16
+
+    native = "native bf16 (AVX512-BF16/AMX): yes" if cpu_has_native_bf16() else "native bf16: no"
+    return f"PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}, {native}"
