@@ -22,12 +22,12 @@ IN_MEMORY: dict[str, Callable[[Optional[str], bool], RawDataset]] = {
     "cifar10_lt": lambda root, download: load_cifar("cifar10", root, download),
     "cifar100_lt": lambda root, download: load_cifar("cifar100", root, download),
 }
-# What `longtail inspect` needs of them without reading any file: (classes, standard n_max, test images
-# per class of the official balanced test set, class names or None)
-IN_MEMORY_SHAPES: dict[str, tuple[int, int, int, Optional[list[str]]]] = {
-    "fmnist_lt": (10, 5000, 1000, FMNIST_CLASS_NAMES),
-    "cifar10_lt": (10, CIFAR["cifar10"]["n_max"], 1000, CIFAR["cifar10"]["class_names"]),
-    "cifar100_lt": (100, CIFAR["cifar100"]["n_max"], 100, None),
+# What `longtail inspect` needs of them without reading any file: (classes, standard n_max, training and
+# test images per class of the official balanced sets, class names or None)
+IN_MEMORY_SHAPES: dict[str, tuple[int, int, int, int, Optional[list[str]]]] = {
+    "fmnist_lt": (10, 5000, 6000, 1000, FMNIST_CLASS_NAMES),
+    "cifar10_lt": (10, CIFAR["cifar10"]["n_max"], 5000, 1000, CIFAR["cifar10"]["class_names"]),
+    "cifar100_lt": (100, CIFAR["cifar100"]["n_max"], 500, 100, None),
 }
 
 # Datasets read from image files the user has: name -> bundle builder.
