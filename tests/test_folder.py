@@ -21,6 +21,7 @@ from longtail.diagnostics import gini, head_tail_mass, summarize_counts
 from longtail.errors import LongtailError
 
 NAMES = sorted(OWN_COUNTS)  # cat dog emu yak
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "own_data" / "ce.yaml"
 SPLIT = ["dataset.name=folder", "dataset.val_per_class=2", "dataset.test_per_class=3", "data.num_workers=0"]
 TINY = ["model.name=resnet8", "data.image_size=16", "train.epochs=1", "train.batch_size=16", "train.progress=false",
         "eval.batch_size=64", "train.amp=false"]
@@ -183,46 +184,68 @@ def test_timm_backbone_loads_a_local_file_and_gets_a_new_classifier(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end through the CLI
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+WALKTHROUGH = "<!-- own-data walkthrough: tests/test_folder.py runs these commands -->"
 
-def test_train_evaluate_inspect_through_the_cli(tree, tmp_path, cli):
-    run = tmp_path / "run"
-    out = cli("train", "configs/own_data/ce.yaml", f"dataset.root={tree}", *SPLIT[1:], *TINY, "--out", str(run))
-    assert "yak (5 images: 2 val, 2 test)" in out.stdout  # the small class is reported, and trained on
-    assert {p.name for p in run.glob("split_*.csv")} == {"split_train.csv", "split_val.csv", "split_test.csv"}
-    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    assert ckpt["class_names"] == NAMES and ckpt["class_counts"] == [35, 15, 5, 1]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["class_names"] == NAMES and metrics["num_images"] == 11
-    assert metrics["per_class_named"] == dict(zip(NAMES, metrics["per_class"]))
-    assert metrics["raw"]["per_class_named"] == dict(zip(NAMES, metrics["raw"]["per_class"]))
 
-    evaluated = cli("evaluate", str(run), "--posthoc", "la", "--save")
-    saved = json.loads((run / "eval_la.json").read_text())
-    assert "test metrics" in evaluated.stdout and saved["per_class_named"] == dict(zip(NAMES, saved["per_class"]))
-    # the written split, passed back as CSVs, is the same test set: the same per-class raw accuracies
-    reused = cli("evaluate", str(run), f"dataset.train_list={run / 'split_train.csv'}", f"dataset.val_list={run / 'split_val.csv'}",
-                 f"dataset.test_list={run / 'split_test.csv'}", "--posthoc", "la")
-    assert reused.returncode == 0
+def walkthrough_commands() -> list[list[str]]:
+    """The `longtail ...` lines of the README's own-data walkthrough block, split into arguments."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index(WALKTHROUGH):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split()[1:] for line in block.splitlines() if line.startswith("longtail ")]
 
-    cli("inspect", "configs/own_data/ce.yaml", f"dataset.root={tree}", *SPLIT[1:], "--out", str(tmp_path / "inspect"))
-    report = json.loads((tmp_path / "inspect" / "inspect.json").read_text())
+
+@pytest.mark.slow
+def test_readme_walkthrough_inspect_train_evaluate(tree, tmp_path, cli):
+    """The README's commands on a generated tree (40/20/10/5 images), made tiny by overrides."""
+    commands = walkthrough_commands()
+    assert [c[0] for c in commands] == ["inspect", "train", "predict", "export"]
+    outputs = {}
+    for args in commands:
+        if args[0] in ("predict", "export"):
+            continue  # the deploy branch's commands; run once it is merged
+        args = [a.replace("dataset.root=photos", f"dataset.root={tree}").replace("runs/", f"{tmp_path}/runs/") for a in args]
+        outputs[args[0]] = cli(*args, *SPLIT[1:], *(TINY if args[0] == "train" else []))
+    run, inspected = tmp_path / "runs" / "photos", tmp_path / "runs" / "photos-inspect"
+
+    report = json.loads((inspected / "inspect.json").read_text())
     assert report["images_per_class"] == {"cat": 35, "dog": 15, "emu": 5, "yak": 1}
     assert report["splits"] == {"train": 56, "val": 8, "test": 11} and report["imbalance_factor"] == 35.0
     assert report["test_per_class"] == [3, 3, 3, 2]
-    assert (tmp_path / "inspect" / "class_counts.png").stat().st_size > 1000
+    assert (inspected / "class_counts.png").stat().st_size > 1000
+
+    assert "yak (5 images: 2 val, 2 test)" in outputs["train"].stdout  # the small class is reported, and trained on
+    for name in ("split_train.csv", "split_val.csv", "split_test.csv"):  # the split inspect showed is the one trained on
+        assert (run / name).read_text() == (inspected / name).read_text()
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["class_names"] == NAMES and ckpt["class_counts"] == [35, 15, 5, 1]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["class_names"] == NAMES and metrics["num_images"] == 11 and metrics["posthoc"]["name"] == "la"
+    assert metrics["per_class_named"] == dict(zip(NAMES, metrics["per_class"]))
+    assert metrics["raw"]["per_class_named"] == dict(zip(NAMES, metrics["raw"]["per_class"]))
+
+    cli("evaluate", str(run), "--posthoc", "la", "--save")
+    saved = json.loads((run / "eval_la.json").read_text())
+    assert saved["per_class"] == metrics["per_class"] and saved["per_class_named"] == metrics["per_class_named"]
 
 
-def test_an_unreadable_training_image_stops_the_run_with_its_path(tmp_path, cli):
+def test_an_unreadable_training_image_stops_the_run_with_its_path(tmp_path):
+    from longtail.engine import fit
+
     root = make_class_folders(tmp_path / "photos", {"a": 6, "b": 6})
     (root / "b" / "img_004.jpg").write_bytes(b"not a jpeg")
-    proc = cli("train", "configs/own_data/ce.yaml", f"dataset.root={root}", *SPLIT[1:], *TINY, "dataset.val_per_class=0",
-               "dataset.test_per_class=1", "--out", str(tmp_path / "run"), check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "img_004.jpg" in proc.stderr and "cannot be read" in proc.stderr
+    cfg = load_config(REPO_CONFIG, [f"dataset.root={root}", *SPLIT[1:], *TINY, "dataset.val_per_class=0", "dataset.test_per_class=1"])
+    with pytest.raises(LongtailError) as info:
+        fit(cfg, tmp_path / "run")
+    assert str(root / "b" / "img_004.jpg") in str(info.value) and "cannot be read" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
-def test_inspect_needs_no_images_for_fmnist(tmp_path, cli):
-    cli("inspect", "configs/fmnist_lt/ce_imba100.yaml", "dataset.root=/nonexistent", "--out", str(tmp_path))
-    report = json.loads((tmp_path / "inspect.json").read_text())
+def test_inspect_needs_no_images_for_fmnist(tmp_path):
+    from longtail.diagnostics import inspect_dataset
+
+    cfg = load_config(REPO_CONFIG.parents[1] / "fmnist_lt" / "ce_imba100.yaml", ["dataset.root=/nonexistent"])
+    report = inspect_dataset(cfg, tmp_path, log=lambda line: None)
     assert report["class_counts"] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # methods.md's profile
     assert report["class_names"][0] == "T-shirt/top" and report["splits"] == {"train": 12406, "val": 1000, "test": 10000}
+    assert json.loads((tmp_path / "inspect.json").read_text()) == json.loads(json.dumps(report))
