@@ -52,3 +52,24 @@ def make_tree(root: Path) -> dict[str, Path]:
         path.write_text(json.dumps(data))
         files[f"inat_{split}"] = path
     return files
+
+
+# Your own data (dataset.name: folder): class folders of tiny JPEGs, long-tailed.
+OWN_COUNTS = {"cat": 40, "dog": 20, "emu": 10, "yak": 5}
+
+
+def make_class_folders(root: Path, counts: dict[str, int] = OWN_COUNTS, size: int = 16) -> Path:
+    """root/<class>/img_NNN.jpg, `counts[class]` class-coloured images of size x size; returns root."""
+    for cls, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            pixels = _image(cls, k)[:, :size, :size].permute(1, 2, 0).numpy()
+            Image.fromarray(np.ascontiguousarray(pixels)).save(root / name / f"img_{k:03d}.jpg", format="JPEG", quality=90)
+    return root
+
+
+def write_csv_twin(tree: Path, path: Path) -> Path:
+    """A `path,label` CSV listing every image of a class-folder tree (paths relative to the tree)."""
+    rows = sorted(p.relative_to(tree).as_posix() for p in tree.glob("*/*.jpg"))
+    path.write_text("path,label\n" + "".join(f"{rel},{rel.split('/')[0]}\n" for rel in rows))
+    return path

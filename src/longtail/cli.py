@@ -21,6 +21,14 @@ def _train(args: argparse.Namespace) -> None:
     fit(cfg, run_dir, allow_config_change=args.allow_config_change)
 
 
+def _inspect(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .diagnostics import inspect_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    inspect_dataset(cfg, args.out or Path("inspect") / Path(args.config).stem)
+
+
 def _class_counts(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
@@ -111,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="split to choose tau on; 'test' is optimistic and every output says TUNED ON TEST")
     tune.add_argument("--pn-mass", choices=["val", "transductive"], help="PN's class mass (default: the run's eval.pn_mass)")
     tune.set_defaults(func=_tune)
+
+    inspect = commands.add_parser("inspect", help="a dataset's long-tail diagnostics and class-count chart, without training")
+    inspect.add_argument("config", help="YAML config, e.g. configs/own_data/ce.yaml")
+    inspect.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data/photos")
+    inspect.add_argument("--out", help="folder for inspect.json and class_counts.png (default: inspect/<config name>)")
+    inspect.set_defaults(func=_inspect)
 
     report = commands.add_parser("report", help="tables and figures (markdown, CSV, PNG, HTML) from run directories")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders searched for them")

@@ -38,6 +38,8 @@ class DatasetConfig:
     test_list: Optional[str] = None
     num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
     verify_images: bool = False  # list datasets: decode every image before training, report all failures
+    csv: Optional[str] = None  # folder datasets: one `path,label` CSV of every image, split like a single tree
+    test_per_class: int = 100  # folder datasets: test images per class taken from a single tree or CSV
 
 
 @dataclass
@@ -303,8 +305,8 @@ def _check_ranges(cfg: Config) -> None:
             raise LongtailError(f"config key '{key}' must be at least 1, got {value}")
     if not cfg.train.lr > 0:
         raise LongtailError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
-    if cfg.dataset.val_per_class < 0 or cfg.data.cutout < 0 or cfg.data.num_workers < 0:
-        raise LongtailError("config keys 'dataset.val_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
+    if min(cfg.dataset.val_per_class, cfg.dataset.test_per_class, cfg.data.cutout, cfg.data.num_workers) < 0:
+        raise LongtailError("config keys 'dataset.val_per_class', 'dataset.test_per_class', 'data.cutout' and 'data.num_workers' must be >= 0")
     # ranges torch.optim.SGD would otherwise reject mid-setup with a traceback
     for key, value in {"train.momentum": cfg.train.momentum, "train.weight_decay": cfg.train.weight_decay,
                        "train.warmup_epochs": cfg.train.warmup_epochs, "train.warmup_start_factor": cfg.train.warmup_start_factor,

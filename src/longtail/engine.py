@@ -32,6 +32,7 @@ from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
+from .metrics import with_class_names
 from .inference import autocast, describe, evaluate_split, predict_split, prepare_model, to_layout
 from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
@@ -165,6 +166,7 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
     return {
         "config": to_dict(cfg),
         "class_counts": bundle.class_counts,
+        "class_names": bundle.names(),
         "num_classes": bundle.num_classes,
         "in_channels": bundle.in_channels,
         "mean": list(bundle.mean),
@@ -257,9 +259,13 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     if runtime.is_main:
         _check_space(run_dir, model)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        for name, text in bundle.split_files.items():  # how the data was split, to audit or reuse (data/folder.py)
+            write_text_atomic(run_dir / name, text)
         if resume_ckpt is not None:
             _settle_killed_run(run_dir, progress, best_path, lambda: _best_payload(cfg, bundle, model, progress))
             log(f"resuming '{run_dir}' after epoch {progress.epoch}")
+    for note in bundle.notes:
+        log(note)
     log(f"computing on {describe(cfg, runtime.device)}")
     distributed.barrier()
     train_model: nn.Module = model
@@ -406,6 +412,7 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
         "selected_by": "val_top1" if cfg.train.select == "best_val" and bundle.val is not None else "last_epoch",
         "class_counts": bundle.class_counts,
     })
+    metrics = with_class_names(metrics, bundle.names())
     if runtime.is_main:
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(format_configured(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"))

@@ -20,6 +20,7 @@ from .config import Config, flatten, from_flat, parse_override
 from .data import DataBundle, build_data, long_tailed_counts
 from .inference import predict_split
 from .errors import LongtailError
+from .metrics import class_names_of, with_class_names
 from .models import create_model
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
 
@@ -168,7 +169,7 @@ def evaluate_checkpoint(
     prior = prior_counts(run.class_counts, run.cfg, imbalance_factor, class_counts)
     metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)
     metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts})
-    return metrics
+    return with_class_names(metrics, class_names_of(ckpt))
 
 
 def sweep(

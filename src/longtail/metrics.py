@@ -70,3 +70,19 @@ def format_table(metrics: dict, title: str = "") -> str:
     lines = [lead("") + " ".join(f"{k:>14}" for k in keys)]
     lines += [lead(label) + " ".join(f"{pct(m.get(k)):>14}" for k in keys) for label, m in rows]
     return (f"{title}\n" if title else "") + "\n".join(lines)
+
+
+def with_class_names(metrics: dict, names: Sequence[str]) -> dict:
+    """`metrics` with `class_names` and, beside each `per_class` list (top level and "raw"),
+    `per_class_named`: {class name: accuracy}. `per_class` itself stays as it was (by index)."""
+    named = dict(metrics, class_names=list(names))
+    for block in (named, named.get("raw")):
+        if isinstance(block, dict) and isinstance(block.get("per_class"), list):
+            block["per_class_named"] = dict(zip(names, block["per_class"]))
+    return named
+
+
+def class_names_of(ckpt: dict) -> list[str]:
+    """The class names a checkpoint carries; the index strings for one written before names were kept."""
+    names = ckpt.get("class_names")
+    return list(names) if isinstance(names, list) and len(names) == ckpt["num_classes"] else [str(c) for c in range(ckpt["num_classes"])]

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 from .errors import LongtailError
 from .checkpoint import write_json_atomic
 from .evaluation import load_run, outputs_of, run_directory, sweep
-from .metrics import format_table
+from .metrics import class_names_of, format_table, with_class_names
 from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics
 
 DEFAULT_GRID = "0:2:0.1"
@@ -79,7 +79,8 @@ def tune(
     inputs = PosthocInputs(run.class_counts, run.weight, fixed_mass)
     curve = sweep(posthoc, tuning["logits"], tuning["labels"], taus, run.class_counts, inputs)
     tau = best_tau(curve)
-    test_metrics = configured_metrics(posthoc, tau, pn_mass, test, val, run.class_counts, run.weight)
+    test_metrics = with_class_names(configured_metrics(posthoc, tau, pn_mass, test, val, run.class_counts, run.weight),
+                                    class_names_of(ckpt))
 
     result = {
         "posthoc": posthoc, "on": on, "tau": tau, "grid": taus, "curve": curve, "test": test_metrics,

@@ -10,8 +10,9 @@ import torch
 from ..config import Config
 from ..errors import LongtailError
 from .base import DataBundle, RawDataset, TensorImages
-from .cifar import load_cifar
-from .fmnist import load_fmnist
+from .cifar import CIFAR, load_cifar
+from .fmnist import CLASS_NAMES as FMNIST_CLASS_NAMES, load_fmnist
+from .folder import build_folder
 from .image_list import build_image_lists
 from .splits import holdout_split, long_tailed_counts, long_tailed_split
 
@@ -21,12 +22,20 @@ IN_MEMORY: dict[str, Callable[[Optional[str], bool], RawDataset]] = {
     "cifar10_lt": lambda root, download: load_cifar("cifar10", root, download),
     "cifar100_lt": lambda root, download: load_cifar("cifar100", root, download),
 }
+# What `longtail inspect` needs of them without reading any file: (classes, standard n_max, training and
+# test images per class of the official balanced sets, class names or None)
+IN_MEMORY_SHAPES: dict[str, tuple[int, int, int, int, Optional[list[str]]]] = {
+    "fmnist_lt": (10, 5000, 6000, 1000, FMNIST_CLASS_NAMES),
+    "cifar10_lt": (10, CIFAR["cifar10"]["n_max"], 5000, 1000, CIFAR["cifar10"]["class_names"]),
+    "cifar100_lt": (100, CIFAR["cifar100"]["n_max"], 500, 100, None),
+}
 
-# Datasets named by list files over images the user has (see data/image_list.py): name -> bundle builder.
+# Datasets read from image files the user has: name -> bundle builder.
 IMAGE_LISTS: dict[str, Callable[[Config, str], DataBundle]] = {
     "imagenet_lt": build_image_lists,  # ImageNet-LT lists of Liu et al. 2019 (1000 classes)
     "places_lt": build_image_lists,  # Places-LT lists of Liu et al. 2019 (365 classes)
     "inat2018": build_image_lists,  # iNaturalist 2018 JSON annotations (8142 classes)
+    "folder": build_folder,  # your own images: a class-folder tree or path,label CSVs (data/folder.py)
 }
 
 
@@ -51,6 +60,7 @@ def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
     return DataBundle(
         name=name, train=_subset(raw.train, train_idx), val=val, test=test, class_counts=counts,
         num_classes=raw.num_classes, in_channels=int(raw.train.images.shape[1]), mean=raw.mean, std=raw.std,
+        class_names=raw.class_names,
     )
 
 
@@ -64,6 +74,6 @@ def build_data(cfg: Config) -> DataBundle:
 
 
 __all__ = [
-    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "IMAGE_LISTS", "build_data", "make_long_tailed",
+    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "IN_MEMORY_SHAPES", "IMAGE_LISTS", "build_data", "make_long_tailed",
     "long_tailed_counts", "long_tailed_split", "holdout_split",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -29,6 +29,7 @@ class RawDataset:
     n_max: int  # the standard protocol's largest class
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: Optional[list[str]] = None
 
 
 @dataclass
@@ -46,3 +47,12 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     in_memory: bool = True
+    class_names: Optional[list[str]] = None  # None: the dataset names no classes (see `names`)
+    # files a run writes into its directory to record how the data was split (name -> text), and
+    # lines to print about it (e.g. classes too small to split)
+    split_files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        """The class names, or the class indices as strings for datasets without names."""
+        return list(self.class_names) if self.class_names is not None else [str(c) for c in range(self.num_classes)]

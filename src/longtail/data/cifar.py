@@ -30,11 +30,12 @@ CIFAR = {
     "cifar10": dict(
         folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
         label_key="labels", num_classes=10, n_max=5000,
+        class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), tv="CIFAR10",
     ),
     "cifar100": dict(
         folder="cifar-100-python", train=["train"], test=["test"],
-        label_key="fine_labels", num_classes=100, n_max=500,
+        label_key="fine_labels", num_classes=100, n_max=500, class_names=None,  # 100 names: left as indices
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), tv="CIFAR100",
     ),
 }
@@ -120,4 +121,5 @@ def load_cifar(variant: str, root: Optional[str], download: bool = True) -> RawD
         train=_read_split(directory, spec["train"], spec["label_key"], spec["num_classes"]),
         test=_read_split(directory, spec["test"], spec["label_key"], spec["num_classes"]),
         num_classes=spec["num_classes"], n_max=spec["n_max"], mean=spec["mean"], std=spec["std"],
+        class_names=spec["class_names"],
     )

@@ -24,6 +24,8 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 MEAN, STD = (0.2860,), (0.3530,)
+# the label names of Zalando's Fashion-MNIST release, in label order
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def _read_at_most(f, limit: int, chunk: int = 1 << 24) -> bytes:
@@ -119,4 +121,5 @@ def load_fmnist(root: Optional[str], download: bool = True) -> RawDataset:
         images = torch.from_numpy(arrays[f"{name}_images"].copy()).unsqueeze(1)  # N, 1, 28, 28
         return TensorImages(images, torch.from_numpy(arrays[f"{name}_labels"].astype(np.int64)))
 
-    return RawDataset(split("train"), split("test"), num_classes=10, n_max=5000, mean=MEAN, std=STD)
+    return RawDataset(split("train"), split("test"), num_classes=10, n_max=5000, mean=MEAN, std=STD,
+                      class_names=list(CLASS_NAMES))

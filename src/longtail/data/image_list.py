@@ -42,7 +42,7 @@ class UnreadableImage(LongtailError):
 
 
 def _where(source: str, unit: str, number: int) -> str:
-    return f"{source}:{number}" if unit == "line" else f"{source} annotation #{number}"
+    return f"{source}:{number}" if unit == "line" else f"{source} {unit} #{number}"
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Entries:
     """The usable rows of one annotation file; `numbers[i]` is the line (or annotation index) of row i."""
 
     source: str
-    unit: str  # "line" for text lists, "annotation" for JSON
+    unit: str  # "line" for text and CSV lists, "annotation" for JSON, "image" for folder trees
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     numbers: list[int] = field(default_factory=list)

@@ -88,3 +88,33 @@ def holdout_split(labels: Sequence[int] | np.ndarray, per_class: int, seed: int)
     held_idx = np.sort(np.concatenate(held))
     rest = np.setdiff1d(np.arange(len(labels)), held_idx)
     return rest, held_idx
+
+
+def split_share(n: int, asked: int) -> int:
+    """Images a class of `n` gives to each of val and test: what was asked, at most (n - 1) // 2, so that
+    val + test never take all of a class (it keeps at least one training image)."""
+    return max(0, min(asked, (n - 1) // 2))
+
+
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, num_classes: int, seed: int, val_per_class: int, test_per_class: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """A seeded per-class split of one labelled set into (train, val, test) indices, each sorted.
+
+    Each class's images are shuffled by (seed, class) alone; test takes the first
+    split_share(n, test_per_class), val the next split_share(n, val_per_class), training the rest.
+    So a class's split depends on neither the other classes nor, for test, on val_per_class.
+    Also returns the classes that gave val or test fewer images than asked (too small to split fully).
+    """
+    labels = np.asarray(labels)
+    train, val, test, short = [], [], [], []
+    for cls in range(num_classes):
+        order = _class_order(labels, cls, seed)
+        n_test, n_val = split_share(len(order), test_per_class), split_share(len(order), val_per_class)
+        if n_test < test_per_class or n_val < val_per_class:
+            short.append(cls)
+        test.append(order[:n_test])
+        val.append(order[n_test : n_test + n_val])
+        train.append(order[n_test + n_val :])
+    joined = [np.sort(np.concatenate(part)).astype(np.int64) if part else np.zeros(0, np.int64) for part in (train, val, test)]
+    return joined[0], joined[1], joined[2], short

@@ -13,6 +13,7 @@ from ..errors import LongtailError
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .pretrained import with_pretrained
 from .resnet_cifar import resnet8, resnet20, resnet32
+from .timm_models import PREFIX as TIMM_PREFIX, timm_from_cfg
 from .torchvision_resnets import torchvision_from_cfg
 
 # name -> function(cfg, num_classes, in_channels) -> model
@@ -32,10 +33,13 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet50_experts": torchvision_experts_from_cfg("resnet50"),
     "resnext50_experts": torchvision_experts_from_cfg("resnext50"),
     "resnet152_experts": torchvision_experts_from_cfg("resnet152"),
+    # any timm network, e.g. timm/convnext_tiny (optional extra longtail[timm]; weights from a local file): timm_models.py
+    TIMM_PREFIX + "<name>": timm_from_cfg,
 }
 
 
 def create_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    if cfg.name not in MODELS:
+    key = TIMM_PREFIX + "<name>" if cfg.name.startswith(TIMM_PREFIX) else cfg.name
+    if key not in MODELS:
         raise LongtailError(f"unknown model '{cfg.name}'; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[cfg.name](cfg, num_classes, in_channels)
+    return MODELS[key](cfg, num_classes, in_channels)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ HEAD = "classifier."
 def read_state_dict(path_text: str) -> dict[str, torch.Tensor]:
     """Tensors by name from a longtail checkpoint ('model'), a {'state_dict': ...} file, or a plain state_dict;
     DistributedDataParallel's 'module.' prefix and torchvision's 'fc.' head name are normalised."""
+    return _longtail_names(read_tensors(path_text))
+
+
+def read_tensors(path_text: str) -> dict[str, torch.Tensor]:
+    """read_state_dict's tensors under the names the file gives them."""
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise LongtailError(
@@ -46,7 +51,7 @@ def read_state_dict(path_text: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LongtailError(f"model.pretrained '{path}' holds no state_dict of tensors")
-    return _longtail_names(obj)
+    return obj
 
 
 def _longtail_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,11 +71,12 @@ def pretrained_state(spec: str, arch: str) -> dict[str, torch.Tensor]:
     return read_state_dict(spec)
 
 
-def load_pretrained(model: nn.Module, cfg: ModelConfig) -> None:
-    """Copy the backbone (and with `pretrained_classifier` the classifier) into `model`."""
+def load_pretrained(model: nn.Module, cfg: ModelConfig, state: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Copy the backbone (and with `pretrained_classifier` the classifier) into `model`, from `state`
+    (tensors under longtail's names) or else from what `model.pretrained` names."""
     spec = cfg.pretrained
     assert spec is not None
-    state = pretrained_state(spec, cfg.name)
+    state = pretrained_state(spec, cfg.name) if state is None else state
     target = model.state_dict()
     wanted = [k for k in target if cfg.pretrained_classifier or not k.startswith(HEAD)]
     # old torchvision files predate BatchNorm's step counter; the model keeps its own then

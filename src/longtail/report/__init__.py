@@ -17,7 +17,7 @@ from typing import Iterable
 
 from ..errors import LongtailError
 from .runs import Run, find_runs
-from .tables import DISPLAY_NAMES, Table, build_tables, csv_rows, markdown, summary
+from .tables import DISPLAY_NAMES, Table, build_tables, csv_rows, markdown, per_class_rows, summary
 
 __all__ = ["DISPLAY_NAMES", "Report", "Run", "find_runs", "results_table", "write_report"]
 
@@ -45,7 +45,7 @@ def results_table(run_dirs: str | Path | Iterable[str | Path], shots: bool = Fal
 
 
 def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Path) -> Report:
-    """Write results.md, results.csv, shots.csv, summary.csv, figures/*.png and index.html into out_dir."""
+    """Write results.md, results.csv, shots.csv, per_class.csv, summary.csv, figures/*.png and index.html into out_dir."""
     from .figures import write_figures
     from .html import write_html
 
@@ -60,11 +60,12 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
     (out_dir / "results.md").write_text(markdown(tables), encoding="utf-8")
     _write_csv(out_dir / "results.csv", *csv_rows(tables))
     _write_csv(out_dir / "shots.csv", *csv_rows(tables, shots=True))
+    _write_csv(out_dir / "per_class.csv", *per_class_rows(tables))  # by class name where the runs kept names
     records = summary(tables)
     _write_csv(out_dir / "summary.csv", list(records[0]) if records else [], [list(r.values()) for r in records])
     figures = {t.dataset: [(c, cap, f"figures/{name}") for c, cap, name in write_figures(t, figure_dir)] for t in tables}
     write_html(tables, figures, out_dir, out_dir / "index.html", [r.path for r in runs], skipped)
-    names = ["results.md", "results.csv", "shots.csv", "summary.csv", "index.html"]
+    names = ["results.md", "results.csv", "shots.csv", "per_class.csv", "summary.csv", "index.html"]
     names += [name for figs in figures.values() for _, _, name in figs]
     return Report(tables, runs, skipped, [out_dir / n for n in names])
 

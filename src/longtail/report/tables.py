@@ -62,7 +62,7 @@ class Entry:
     @property
     def column(self) -> str:
         cfg = self.run.config
-        if cfg.get("dataset.train_list"):  # a given split (ImageNet-LT, ...): its own imbalance, from the counts
+        if cfg.get("dataset.train_list") or cfg.get("dataset.name") == "folder":  # a given split (ImageNet-LT, your own data): its own imbalance, from the counts
             counts = [c for c in self.class_counts or [] if c > 0]
             return f"IF {max(counts) / min(counts):.0f}" if counts else "given split"
         factor, profile = float(cfg.get("dataset.imbalance_factor", 0)), cfg.get("dataset.profile", "exp")
@@ -316,3 +316,22 @@ def csv_rows(tables: list[Table], shots: bool = False) -> tuple[list[str], list[
         records += [{"dataset": table.dataset, **dict(zip(header, row))} for row in rows]
     header = ["dataset", "Method", *columns]
     return header, [[r.get(c, "") for c in header] for r in records]
+
+
+def per_class_rows(tables: list[Table]) -> tuple[list[str], list[list[Any]]]:
+    """One row per class of every entry: its name (from metrics.json's class_names, else the index),
+    training images and test accuracy, so a report can be read by class name."""
+    header = ["dataset", "method", "column", "run", "class_index", "class_name", "train_images", "test_accuracy"]
+    rows: list[list[Any]] = []
+    for table in tables:
+        for method, cells in table.rows.items():
+            for column, cell in cells.items():
+                for e in cell:
+                    accuracies = e.metrics.get("per_class") or []
+                    names = e.metrics.get("class_names") or e.run.metrics.get("class_names") or []
+                    counts = e.class_counts or []
+                    for c, acc in enumerate(accuracies):
+                        name = names[c] if c < len(names) else str(c)
+                        rows.append([table.dataset, method, column, str(e.run.path), c, name,
+                                     counts[c] if c < len(counts) else "", "" if acc is None else acc])
+    return header, rows
