@@ -41,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     sudo=""
     if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
     echo "setup: installing ${missing[*]} with apt"
-    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-upgrade "${missing[@]}" >/dev/null; } ||
         echo "setup: apt could not install ${missing[*]}"
 fi
 if ! command -v "${CXX:-g++}" >/dev/null 2>&1; then
@@ -80,4 +80,6 @@ else
 fi
 
 # Without the Debian package, fetch Fashion-MNIST once through torchvision into ~/.cache/longtail.
-"$py" -c "from longtail.data.fmnist import locate; print('setup: Fashion-MNIST in', locate(None, download=True))"
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    "$py" -c "from longtail.data.fmnist import locate; print('setup: Fashion-MNIST in', locate(None, download=True))"
+fi
