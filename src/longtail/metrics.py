@@ -55,20 +55,29 @@ def expert_metrics(outputs: dict[str, torch.Tensor], labels: torch.Tensor, class
     return [evaluate_predictions(logits.argmax(1), labels, class_counts) for logits in outputs["expert_logits"]]
 
 
+TABLE_KEYS = ("top1", "mean_class_acc", "many", "medium", "few")
+
+
 def format_table(metrics: dict, title: str = "") -> str:
     """One row of accuracies; with per-expert metrics ('experts'), the ensemble row then one row per expert."""
-
-    def pct(v: Optional[float]) -> str:
-        return "  n/a" if v is None else f"{v:6.2f}"
-
-    keys = ["top1", "mean_class_acc", "many", "medium", "few"]
     rows = [("", metrics)]
     if metrics.get("experts"):
         rows = [("ensemble", metrics)] + [(f"expert {i}", m) for i, m in enumerate(metrics["experts"])]
+    return format_rows(rows, title)
+
+
+def format_rows(rows: Sequence[tuple[str, dict]], title: str = "", signed: Sequence[str] = ()) -> str:
+    """Labelled rows of accuracies under one header; rows labelled in `signed` are differences (+/-)."""
+
+    def cell(v: Optional[float], label: str) -> str:
+        if v is None:
+            return "  n/a"
+        return f"{v:+6.2f}" if label in signed else f"{v:6.2f}"
+
     width = max(len(label) for label, _ in rows)
     lead = (lambda label: f"{label:<{width}} ") if width else (lambda label: "")
-    lines = [lead("") + " ".join(f"{k:>14}" for k in keys)]
-    lines += [lead(label) + " ".join(f"{pct(m.get(k)):>14}" for k in keys) for label, m in rows]
+    lines = [lead("") + " ".join(f"{k:>14}" for k in TABLE_KEYS)]
+    lines += [lead(label) + " ".join(f"{cell(m.get(k), label):>14}" for k in TABLE_KEYS) for label, m in rows]
     return (f"{title}\n" if title else "") + "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import LongtailError
 from .losses.logit_adjusted import log_prior
-from .metrics import evaluate_predictions, expert_metrics, format_table
+from .metrics import TABLE_KEYS, evaluate_predictions, expert_metrics, format_rows, format_table
 
 MASS_SOURCES = ("val", "transductive")
 
@@ -150,12 +150,24 @@ def configured_metrics(
 
 
 def format_configured(metrics: dict, title: str) -> str:
-    """configured_metrics' result for the terminal under `title`: the raw argmax table, then (when a
-    correction was applied) the corrected one."""
+    """configured_metrics' result for the terminal under `title`. With a correction applied: one table
+    comparing the raw argmax with the corrected prediction of the same model, and their difference
+    (multi-expert models: the raw table, then the corrected one, each with a row per expert)."""
     if metrics["posthoc"] is None:
         return format_table(metrics, title + ":")
-    raw = format_table(metrics["raw"], f"{title}, raw argmax:")
-    return raw + "\n" + format_table(metrics, f"{title}, {describe_posthoc(metrics['posthoc'])}:")
+    described = describe_posthoc(metrics["posthoc"])
+    if metrics.get("experts"):
+        raw = format_table(metrics["raw"], f"{title}, raw argmax:")
+        return raw + "\n" + format_table(metrics, f"{title}, {described}:")
+    return format_comparison(metrics["raw"], metrics, described, f"{title}, without and with {described}:")
+
+
+def format_comparison(raw: dict, corrected: dict, correction: str, title: str = "") -> str:
+    """Three rows under one header: the raw argmax, the corrected prediction (labelled `correction`),
+    and the change (corrected - raw, in points; n/a where either is undefined)."""
+    change = {k: None if raw.get(k) is None or corrected.get(k) is None else corrected[k] - raw[k] for k in TABLE_KEYS}
+    rows = [("raw argmax", raw), (correction, corrected), ("change", change)]
+    return format_rows(rows, title, signed=("change",))
 
 
 def describe_posthoc(block: dict) -> str:
