@@ -73,6 +73,9 @@ def test_onnx_graph_is_the_plain_network_with_the_correction_folded(runs, tmp_pa
     assert ops(folded) == ops(plain) and ops(folded)[-1] == "Gemm"
     meta = {p.key: json.loads(p.value) for p in folded.metadata_props}
     assert meta["rule"]["name"] == "la" and meta["rule"]["folded_into"] == "classifier"
+    counts = torch.load(runs["single"] / "checkpoints" / "best.pt", weights_only=True)["class_counts"]
+    expected = [-math.log(n / sum(counts)) for n in counts]  # la at tau 1: the bias is -log pi
+    assert meta["rule"]["bias"] == pytest.approx(expected, abs=1e-5) and meta["rule"]["scale"] is None
 
 
 def test_pn_exports_the_log_of_its_rebalanced_probabilities(runs, tmp_path):

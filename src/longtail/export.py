@@ -104,12 +104,17 @@ def metadata(deployment: Deployment, fmt: str, folded: str, prior_input: bool) -
                          "meaning": "log of the target class prior, added to every row of scores; zeros keep the rule's scores"}
                         if prior_input else None),
         "output": {"name": "scores", "shape": ["batch", count], "meaning": scores_are},
-        "rule": {**deployment.rule.metadata(), "text": deployment.rule.describe(), "folded_into": folded},
+        "rule": {**deployment.rule.metadata(), "text": deployment.rule.describe(), "folded_into": folded,
+                 "scale": _values(deployment.rule.scale), "bias": _values(deployment.rule.bias)},
         "checkpoint": str(deployment.ckpt_path),
         "model": deployment.cfg.model.name,
         "longtail_version": __version__,
         "torch_version": torch.__version__,
     }
+
+
+def _values(constants: Optional[torch.Tensor]) -> Optional[list[float]]:
+    return None if constants is None else [float(v) for v in constants]
 
 
 def _example(deployment: Deployment, batch: int, prior_input: bool) -> tuple[torch.Tensor, ...]:

@@ -208,14 +208,14 @@ def predict_paths(
                 rows = {i: _failed_row(files[i], reason) for i, x, reason in items if x is None}
                 if good:
                     x = torch.stack([x for _, x in good]).to(device)
+                    # inference.predict: the run's precision and layout; the labels it wants are unused here
                     logits = predict(model, [(x, torch.zeros(len(good), dtype=torch.long))], deployment.cfg, runtime)["logits"]
-                    probs = rule.apply(logits).softmax(1)
                     positions = [i for i, _ in good]
-                    rows.update(zip(positions, _rows(files, positions, probs, deployment.class_names, k)))
-                for i, _, _ in items:
+                    rows.update(zip(positions, _rows(files, positions, rule.apply(logits).softmax(1), deployment.class_names, k)))
+                for i, _, _ in items:  # input order
                     writer.add(rows[i])
                 summary.predicted += len(good)
-                summary.failures += [(str(files[i]), rows[i]["error"]) for i, x, _ in items if x is None]
+                summary.failures += [(str(files[i]), rows[i]["error"]) for i in sorted(rows) if rows[i]["error"]]
                 bar.update(len(items))
         header = {"checkpoint": str(deployment.ckpt_path), "rule": rule.metadata(), "rule_text": rule.describe(),
                   "class_names": deployment.class_names, "summary": {"images": summary.total, "predicted": summary.predicted,
