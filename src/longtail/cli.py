@@ -82,6 +82,28 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'index.html'}: " + ", ".join(f"{n} {w}{'s' if n != 1 else ''}" for w, n in counts.items()))
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict_paths
+
+    summary = predict_paths(
+        args.run, args.paths, out=args.out, top_k=args.top_k, posthoc=args.posthoc, tau=args.tau,
+        target_prior=args.target_prior, overrides=args.set, batch_size=args.batch_size, workers=args.workers,
+    )
+    print(summary.line(), file=sys.stdout if args.out else sys.stderr)  # without --out the rows are on stdout
+    return 1 if summary.failures else 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    print(export_run(args.run, args.format, args.out, args.prior_input, args.posthoc, args.tau, args.overrides).line())
+
+
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"], help="prediction rule (default: the run's eval.posthoc)")
+    parser.add_argument("--tau", type=float, help="strength of the correction (default: the run's eval.tau)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -130,6 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders searched for them")
     report.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for results.md, results.csv, figures/, index.html")
     report.set_defaults(func=_report)
+
+    predict = commands.add_parser(
+        "predict", help="predict image files or folders with a trained run",
+        epilog="exit status: 0 every image predicted; 1 some images could not be read (their rows say why, the "
+               "others are predicted); 2 a usage error",
+    )
+    predict.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    predict.add_argument("--out", help="preds.csv or preds.json (default: CSV on stdout)")
+    predict.add_argument("--top-k", type=int, help="classes listed per image (default: 5, or C when smaller)")
+    _rule_options(predict)
+    predict.add_argument("--target-prior", metavar="FILE", help="per-class weights of the target class prior "
+                         "(numbers in class order, or a JSON list or {class name: weight}); adds log q to the scores")
+    predict.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval.batch_size)")
+    predict.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in this process)")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="config override, e.g. --set train.amp=false or --set dataset.root=/data (repeatable)")
+    predict.set_defaults(func=_predict)
+
+    export = commands.add_parser("export", help="export a run as ONNX or TorchScript returning its configured scores")
+    export.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    export.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data (pn's validation pass)")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    export.add_argument("--out", metavar="FILE", help="default: RUN/model.onnx or RUN/model.torchscript.pt")
+    export.add_argument("--prior-input", action="store_true",
+                        help="take the log target prior as a second input 'log_prior' (C,), added to the scores")
+    _rule_options(export)
+    export.set_defaults(func=_export)
     return parser
 
 
@@ -144,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        args.func(args)
+        status = args.func(args)
     except LongtailError as exc:
         if args.debug:
             raise
@@ -153,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

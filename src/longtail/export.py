@@ -1,0 +1,228 @@
+"""`longtail export`: a saved run as an ONNX or TorchScript model that returns the run's scores.
+
+Input `images`: a float32 NCHW batch, already normalised (deployment.Preprocessing: x = (pixel / 255 -
+mean) / std at the run's size and channels); any batch size. Output `scores` (N, C): the run's prediction
+rule (deployment.ScoreRule), argmax = the prediction, softmax = its probabilities. The rule's per-class
+constants are folded into the network: into the weight and bias of a single linear head (la / pn add
+to the bias, tau_norm scales the row and its bias), so the exported graph is the plain network. A head
+without a bias to fold into (cosine heads, the multi-expert ensemble: logits = mean over experts) gets
+one multiply-add after it; a per-class constant added to each expert or after averaging is the same.
+
+With `prior_input` the model takes a second input `log_prior` (C,), added to every row:
+scores = the rule's scores + log_prior. The rule's scores are read as adjusted to a uniform class
+prior, so log_prior = log q moves them to a target prior q; zeros (or any constant) leave them as
+they are (softmax and argmax unchanged), so a deployment changes the prior without re-exporting.
+
+Metadata (class names, preprocessing, rule, versions): ONNX `metadata_props` (each value JSON text);
+for TorchScript a sidecar FILE.json and the same JSON inside the file (`_extra_files` 'longtail.json').
+Exported in float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import write_json_atomic
+from .deployment import Deployment, ScoreRule, load_deployment
+from .errors import LongtailError, one_line
+
+INSTALL_HINT = 'pip install "longtail[export]"'
+EXAMPLE_BATCH = 2  # a batch of 1 would freeze the batch dimension
+OPSET = 17
+
+
+class ScoredModel(nn.Module):
+    """images -> scores = logits * scale + bias (+ log_prior when built with prior_input)."""
+
+    def __init__(self, model: nn.Module, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], prior_input: bool):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.prior_input = prior_input
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        scores = self.model(images)["logits"]
+        if self.scale is not None:
+            scores = scores * self.scale
+        if self.bias is not None:
+            scores = scores + self.bias
+        return scores
+
+    def forward(self, images: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+        scores = self.scores(images)
+        return scores + log_prior if self.prior_input else scores
+
+
+def fold_rule(model: nn.Module, rule: ScoreRule) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], str]:
+    """Fold the rule's scale and bias into `model.classifier` when it is an nn.Linear (the head of every
+    single-head model with classifier: linear); returns what is left to apply after the network and where
+    the constants went."""
+    scale, bias = rule.scale, rule.bias
+    head = getattr(model, "classifier", None)
+    if (scale is None and bias is None) or not isinstance(head, nn.Linear):
+        return scale, bias, "none" if scale is None and bias is None else "after the network"
+    with torch.no_grad():
+        if scale is not None:
+            head.weight.mul_(scale[:, None])
+            if head.bias is not None:
+                head.bias.mul_(scale)
+        if bias is not None:
+            if head.bias is None:
+                head.bias = nn.Parameter(torch.zeros(head.out_features))
+            head.bias.add_(bias)
+    return None, None, "classifier"
+
+
+def prepared_model(deployment: Deployment, prior_input: bool) -> tuple[ScoredModel, str]:
+    model = deployment.model.float().cpu().eval()
+    scale, bias, folded = fold_rule(model, deployment.rule)
+    return ScoredModel(model, scale, bias, prior_input).eval(), folded
+
+
+def metadata(deployment: Deployment, fmt: str, folded: str, prior_input: bool) -> dict:
+    names, prep = deployment.class_names, deployment.preprocessing
+    count = len(names)
+    scores_are = ("the run's prediction rule applied to the logits" + (" plus log_prior" if prior_input else "")
+                  + "; argmax = predicted class index, softmax = class probabilities")
+    return {
+        "format": fmt,
+        "class_names": names,
+        "num_classes": count,
+        "input": {"name": "images", "shape": ["batch", prep.channels, prep.size, prep.size], **prep.metadata()},
+        "prior_input": ({"name": "log_prior", "shape": [count], "dtype": "float32",
+                         "meaning": "log of the target class prior, added to every row of scores; zeros keep the rule's scores"}
+                        if prior_input else None),
+        "output": {"name": "scores", "shape": ["batch", count], "meaning": scores_are},
+        "rule": {**deployment.rule.metadata(), "text": deployment.rule.describe(), "folded_into": folded,
+                 "scale": _values(deployment.rule.scale), "bias": _values(deployment.rule.bias)},
+        "checkpoint": str(deployment.ckpt_path),
+        "model": deployment.cfg.model.name,
+        "longtail_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def _values(constants: Optional[torch.Tensor]) -> Optional[list[float]]:
+    return None if constants is None else [float(v) for v in constants]
+
+
+def _example(deployment: Deployment, batch: int, prior_input: bool) -> tuple[torch.Tensor, ...]:
+    prep = deployment.preprocessing
+    images = torch.randn(batch, prep.channels, prep.size, prep.size, generator=torch.Generator().manual_seed(0))
+    return (images, torch.zeros(len(deployment.class_names))) if prior_input else (images,)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def write_onnx(scored: ScoredModel, example: tuple, out: Path, meta: dict) -> Callable[[tuple], torch.Tensor]:
+    import onnx
+
+    names = ["images", "log_prior"][: len(example)]
+    tmp = out.with_name(out.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(scored, example, str(tmp), dynamo=False, input_names=names, output_names=["scores"],
+                          dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}}, opset_version=OPSET)
+    proto = onnx.load(str(tmp))
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out)
+
+    def run(inputs: tuple) -> Optional[torch.Tensor]:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return None
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(["scores"], {n: t.numpy() for n, t in zip(names, inputs)})[0])
+
+    return run
+
+
+def write_torchscript(scored: ScoredModel, example: tuple, out: Path, meta: dict) -> Callable[[tuple], torch.Tensor]:
+    tmp = out.with_name(out.name + ".tmp")
+    text = json.dumps(meta, indent=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; tracing still works
+        traced = torch.jit.trace(scored, example)
+        torch.jit.save(traced, str(tmp), _extra_files={"longtail.json": text})
+    os.replace(tmp, out)
+    write_json_atomic(sidecar(out), meta)
+
+    def run(inputs: tuple) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.jit.load(str(out))
+        with torch.no_grad():
+            return loaded(*inputs)
+
+    return run
+
+
+FORMATS: dict[str, Callable[[ScoredModel, tuple, Path, dict], Callable[[tuple], Optional[torch.Tensor]]]] = {
+    "onnx": write_onnx,
+    "torchscript": write_torchscript,
+}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def sidecar(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict
+    max_abs_diff: Optional[float]  # exported vs torch on a random batch of 3; None when not checked
+
+    def line(self) -> str:
+        check = ("not checked (onnxruntime is not installed)" if self.max_abs_diff is None
+                 else f"matches torch on a test batch (max abs difference {self.max_abs_diff:.2g})")
+        extra = f", metadata in {sidecar(self.path)}" if self.metadata["format"] == "torchscript" else ""
+        prior = " + log_prior" if self.metadata["prior_input"] else ""
+        return (f"wrote {self.path} ({self.metadata['format']}: images{prior} -> scores, {self.metadata['rule']['text']}"
+                f"{extra}); {check}")
+
+
+def export_run(run: str | Path, fmt: str, out: Optional[str | Path] = None, prior_input: bool = False,
+               posthoc: Optional[str] = None, tau: Optional[float] = None, overrides: Sequence[str] = ()) -> ExportResult:
+    """Export the run at `run` in format `fmt` (onnx | torchscript) to `out` (default: in the run directory)."""
+    from .evaluation import run_directory
+
+    if fmt not in FORMATS:
+        raise LongtailError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise LongtailError(f"ONNX export needs the onnx package: {INSTALL_HINT}")
+    deployment = load_deployment(run, overrides, posthoc, tau, torch.device("cpu"))
+    path = Path(out) if out is not None else run_directory(run) / f"model{SUFFIXES[fmt]}"
+    scored, folded = prepared_model(deployment, prior_input)
+    meta = metadata(deployment, fmt, folded, prior_input)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            scored(*_example(deployment, EXAMPLE_BATCH, prior_input))  # a dry run before tracing
+            run_exported = FORMATS[fmt](scored, _example(deployment, EXAMPLE_BATCH, prior_input), path, meta)
+            check = _example(deployment, EXAMPLE_BATCH + 1, prior_input)  # another batch size than traced
+            got = run_exported(check)
+            diff = None if got is None else float((got - scored(*check)).abs().max())
+    except OSError as exc:
+        raise LongtailError(f"cannot write '{path}' ({one_line(exc.strerror or exc)}); pass --out with a writable path") from None
+    return ExportResult(path, meta, diff)
+
+
+__all__ = ["export_run", "ExportResult", "ScoredModel", "fold_rule", "FORMATS", "INSTALL_HINT"]

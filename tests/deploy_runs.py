@@ -1,0 +1,64 @@
+"""Tiny trained runs and evaluate's own scores, for the predict and export tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fake_datasets import write_fake_fmnist
+from longtail.config import load_config
+from longtail.data import build_data
+from longtail.data.device import normalize_uint8, stats_tensor
+from longtail.engine import fit
+from longtail.evaluation import load_outputs, load_run
+from longtail.posthoc import PosthocInputs, apply_posthoc, class_mass
+
+# float32 throughout (train.amp=false), so exported float32 graphs can be compared at 1e-4
+TINY = [
+    "dataset.n_max=40", "dataset.imbalance_factor=10", "dataset.val_per_class=10", "dataset.download=false",
+    "train.epochs=1", "train.batch_size=32", "train.progress=false", "data.num_workers=0",
+    "eval.batch_size=500", "device=cpu", "train.amp=false",
+]
+
+
+def train_tiny(tmp: Path, name: str, extra: Sequence[str] = ()) -> Path:
+    """A one-epoch fmnist_lt run on generated Fashion-MNIST files (about two seconds)."""
+    root = tmp / "fmnist"
+    if not root.is_dir():
+        write_fake_fmnist(root, train_per_class=60, test_per_class=20)
+    out = tmp / name
+    fit(load_config("configs/fmnist_lt/ce_imba100.yaml", [*TINY, f"dataset.root={root}", *extra]), out)
+    return out
+
+
+def split_images(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's test split: uint8 images (N, C, H, W) and labels, as evaluate reads them."""
+    cfg = load_run(run)[0]
+    bundle = build_data(cfg)
+    return bundle.test.images, bundle.test.labels
+
+
+def normalised(run: Path, images: torch.Tensor) -> torch.Tensor:
+    """What evaluate feeds the network for these images (data/pipeline.eval_batches)."""
+    cfg = load_run(run)[0]
+    bundle = build_data(cfg)
+    cpu = torch.device("cpu")
+    return normalize_uint8(images, stats_tensor(bundle.mean, cpu), stats_tensor(bundle.std, cpu))
+
+
+@functools.lru_cache(maxsize=8)
+def _outputs(run: Path):
+    return load_outputs(run, splits=("val", "test"))  # one pass per run: every correction follows from it
+
+
+def evaluate_scores(run: Path, posthoc: str, tau: float = 1.0) -> torch.Tensor:
+    """The scores whose argmax `longtail evaluate --posthoc ...` scores, on the test split."""
+    outputs = _outputs(Path(run))
+    logits = outputs.split("test")["logits"]
+    if posthoc == "none":
+        return logits
+    mass = class_mass(outputs.split("val")["logits"]) if posthoc == "pn" else None
+    return apply_posthoc(posthoc, logits, tau, PosthocInputs(outputs.class_counts, outputs.weight, mass))
