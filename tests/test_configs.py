@@ -4,6 +4,7 @@ generated data in the official formats (so no config can rot)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -85,6 +86,37 @@ def test_cifar_configs_test_the_last_epoch_on_the_full_test_set():
             assert "test_holdout" in text and "--on test" in text, _name(path)
             if cfg.eval.posthoc == "pn":
                 assert cfg.eval.pn_mass == "transductive"
+
+
+def test_cifar_headers_say_how_to_reproduce_the_released_checkpoint_protocol():
+    """Every CIFAR config, generated or not, names the test-set selection of the released codes and the
+    labelled override that reproduces it; the default stays the last epoch."""
+    for path in CONFIGS:
+        if path.parent.name.startswith("cifar"):
+            header = " ".join(line[2:] for line in path.read_text().splitlines() if line.startswith("#"))
+            header = " ".join(header.split())
+            assert load_config(path).train.select == "last", _name(path)
+            assert "train.select=best_test" in header and "SELECTED ON TEST" in header, _name(path)
+            assert "best test accuracy" in header, _name(path)
+            if path.parent.name == "cifar100_lt" and path.stem.split("_imba")[0] in ("ce", "ce_pn", "gala", "gala_pn", "bagmar", "bagmar_pn"):
+                assert "169 instead of 170 steps" in header and "CIFAR-10's mean and std" in header, _name(path)
+
+
+@pytest.mark.parametrize("folder", ["cifar100_lt", "fmnist_lt"])
+def test_gala_lambdas_are_the_released_ones(folder):
+    """gala_imba* as the released gala_imba100.yaml (no lambda set: 1 / 1, BaGMar's config renamed),
+    gala_pn_imba* with the released gala_pn_imba100.yaml's 1.2 / 0.9."""
+    for path in sorted((REPO / "configs" / folder).glob("gala_*imba*.yaml")):
+        cfg = load_config(path)
+        expected = (1.2, 0.9) if path.stem.startswith("gala_pn_") else (1.0, 1.0)
+        assert (cfg.loss.name, cfg.loss.lambda1, cfg.loss.lambda2) == ("gala", *expected), _name(path)
+        if not path.stem.startswith("gala_pn_"):
+            # the same run as BaGMar's: the configs differ in the loss's name only
+            twin = load_config(path.with_name(path.name.replace("gala_", "bagmar_")))
+            assert twin.loss.name == "bagmar"
+            assert dataclasses.replace(twin, loss=dataclasses.replace(twin.loss, name="gala")) == cfg, _name(path)
+            twin_path = path.with_name(path.name.replace("gala_", "bagmar_"))
+            assert twin_path.name in path.read_text() and path.name in twin_path.read_text(), _name(path)
 
 
 def test_recipes():

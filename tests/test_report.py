@@ -23,6 +23,7 @@ from matplotlib.image import imread  # noqa: E402
 from longtail.report import find_runs, results_table, write_report  # noqa: E402
 from longtail.report.figures import effective_probabilities  # noqa: E402
 from longtail.report.tables import build_tables, grid, mean_std  # noqa: E402
+from longtail.report.tables import markdown as results_md  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,6 +206,26 @@ def test_seed_runs_given_one_by_one_and_test_tuned_label(tmp_path: Path):
     assert "τ tuned on test" in md and "optimistic" in md
     assert "optimistic" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert len(report.runs) == 2
+
+
+def test_runs_selected_on_test_are_marked(tmp_path: Path):
+    """train.select=best_test rows carry SELECTED ON TEST in their label, every post-hoc row of the run too,
+    and the pages explain it; a run of the same method selected otherwise keeps the plain name."""
+    on_test = {"selected_by": "test_pn_top1", "selected_on_test": True, "raw": {"top1": 61.0},
+               "posthoc": {"name": "pn", "tau": 1.0, "class_mass": "val"}}
+    make_run(tmp_path / "gala_test", ["loss.name=gala", "train.select=best_test", "eval.posthoc=pn"], 66.0, extra_metrics=on_test)
+    make_run(tmp_path / "gala_last", ["loss.name=gala", "train.select=last"], 58.0, extra_metrics={"selected_by": "last_epoch"})
+    write_report([tmp_path / "gala_test", tmp_path / "gala_last"], tmp_path / "out")
+    table = read_csv(tmp_path / "out" / "results.csv")
+    assert table[("fmnist_lt", "GALA [SELECTED ON TEST] + PN (τ=1)")]["IF 100"] == "66.00 (1 seed)"
+    assert table[("fmnist_lt", "GALA [SELECTED ON TEST]")]["IF 100"] == "61.00 (1 seed)"
+    assert table[("fmnist_lt", "GALA")]["IF 100"] == "58.00 (1 seed)"
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "Rows marked 'SELECTED ON TEST'" in md and "best test accuracy" in md
+    assert "Rows marked &#x27;SELECTED ON TEST&#x27;" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    # a table without such runs carries no note
+    (plain,) = build_tables(find_runs([tmp_path / "gala_last"])[0])
+    assert "SELECTED ON TEST" not in results_md([plain])
 
 
 def test_figures_are_valid_pngs(built):

@@ -54,7 +54,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     if not launched_as_main():  # under torchrun every process evaluated its shard; rank 0 reports
         return
-    print(format_configured(metrics, f"{metrics['split']} metrics of {metrics['checkpoint_path']}"))
+    tag = "[SELECTED ON TEST] " if metrics.get("selected_on_test") else ""
+    print(format_configured(metrics, f"{tag}{metrics['split']} metrics of {metrics['checkpoint_path']}"))
     if args.save:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
         write_json_atomic(out, metrics)

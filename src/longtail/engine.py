@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, selection
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
@@ -193,7 +193,7 @@ def _set_determinism(cfg: Config, device: torch.device) -> None:
 
 
 def fit(cfg: Config, run_dir: str | Path, allow_config_change: bool = False) -> dict:
-    """Train, select the checkpoint (best validation top-1, or the last epoch), test it, write metrics.json."""
+    """Train, select the checkpoint (train.select: see selection.py), test it, write metrics.json."""
     run_dir = Path(run_dir)
     runtime = distributed.setup(cfg.device)
     try:
@@ -277,7 +277,9 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
 
     writer = _tensorboard(run_dir, progress.epoch) if runtime.is_main else None
     show_progress = cfg.train.progress and runtime.is_main
-    use_val = bundle.val is not None and cfg.train.select == "best_val"
+    score_key = selection.score_key(cfg, bundle.val is not None)
+    if selection.selects_on_test(cfg):
+        log(selection.WARNING)
     for epoch in range(progress.epoch, cfg.train.epochs):
         _seed_epoch(cfg.seed, epoch)
         criterion.set_epoch(epoch)
@@ -289,10 +291,13 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
             raise NonFiniteLoss(f"{exc}; training stopped and {kept}; lower train.lr or check the data") from None
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
         last_epoch = epoch + 1 == cfg.train.epochs
-        if bundle.val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or last_epoch):
+        evaluated = (epoch + 1) % cfg.train.eval_every == 0 or last_epoch
+        if bundle.val is not None and evaluated:
             val = evaluate_split(model, bundle.val, bundle, cfg, runtime)
             row.update({f"val_{k}": v for k, v in val.items() if k != "per_class"})
-        score = row.get("val_top1") if use_val else float(epoch)
+        if evaluated and selection.selects_on_test(cfg):
+            row.update(selection.test_scores(model, bundle, cfg, runtime))
+        score = selection.epoch_score(row, score_key)
         improved = score is not None and score > progress.best_score
         if improved:
             progress.best_score, progress.best_epoch = score, epoch + 1
@@ -310,7 +315,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
             if improved:
                 save_atomic(_best_payload(cfg, bundle, model, progress), best_path)
             _write_history(run_dir, progress.history)
-            log(_epoch_line(row, cfg.train.epochs))
+            log(_epoch_line(row, cfg.train.epochs) + selection.epoch_note(row, cfg))
         distributed.barrier()
     if writer is not None:
         writer.close()
@@ -409,13 +414,15 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
         "split": "test",
         "checkpoint": chosen,
         "epoch": progress.best_epoch,
-        "selected_by": "val_top1" if cfg.train.select == "best_val" and bundle.val is not None else "last_epoch",
+        "selected_by": selection.selected_by(cfg, bundle.val is not None),
         "class_counts": bundle.class_counts,
+        **selection.protocol_fields(cfg),
     })
     metrics = with_class_names(metrics, bundle.names())
     if runtime.is_main:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        print(format_configured(metrics, f"test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"))
+        title = f"{selection.tag(cfg)}test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
+        print(format_configured(metrics, title))
     return metrics
 
 

@@ -23,6 +23,7 @@ from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
 from .models import create_model
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
+from .selection import protocol_fields
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -168,7 +169,8 @@ def evaluate_checkpoint(
     val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if "val" in needed else None
     prior = prior_counts(run.class_counts, run.cfg, imbalance_factor, class_counts)
     metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)
-    metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts})
+    metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts,
+                    **protocol_fields(cfg)})  # a checkpoint chosen on test says so wherever it is evaluated
     return with_class_names(metrics, class_names_of(ckpt))
 
 

@@ -77,7 +77,7 @@ def cifar_resnet_experts(blocks_per_stage: int, num_classes: int, in_channels: i
         for _ in range(num_experts)
     ]
     model = MultiExpertNet(trunk, branches, 64, num_classes, scale)
-    init_weights(model)  # convs only: the cosine classifiers keep their own initialisation
+    init_weights(model)  # convs only: the cosine classifiers keep their unit-norm rows
     return model
 
 

@@ -46,8 +46,12 @@ def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) ->
 
 
 def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal convolutions. Heads keep their own initialisation: a linear head PyTorch's default
+    nn.Linear draw (uniform in +-1/sqrt(fan_in), weight std 1/sqrt(3 fan_in)), as the released ResNet-32
+    (feature network + DotProduct_Classifier) leaves it; Kaiming normal would give it std sqrt(2 / fan_in),
+    2.4x larger. A cosine head keeps its unit-norm rows (cosine.py)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight)
 
 

@@ -10,7 +10,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from .tables import Table, grid, provenance, tuned_on_test
+from .tables import SELECTED_ON_TEST_NOTE, Table, grid, has_selected_on_test, provenance, tuned_on_test
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -63,6 +63,8 @@ def write_html(tables: list[Table], figures: dict[str, list[tuple[str, str, str]
         if tuned_on_test(table):
             parts.append("<p class='warning'>Rows marked 'τ tuned on test' chose τ on the test set itself: "
                          "optimistic, not comparable with the other rows.</p>")
+        if has_selected_on_test(table):
+            parts.append(f"<p class='warning'>{escape(SELECTED_ON_TEST_NOTE)}</p>")
         for column, caption, name in figures.get(table.dataset, []):
             data = base64.b64encode((figure_dir / name).read_bytes()).decode("ascii")
             wide = " class='wide'" if "training_" in name else ""

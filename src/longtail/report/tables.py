@@ -42,6 +42,7 @@ NOT_METHOD = {
 }
 
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
+SELECTED_ON_TEST = "SELECTED ON TEST"  # row marker of runs whose epoch was chosen on test (train.select=best_test)
 
 
 @dataclass
@@ -106,10 +107,17 @@ def method_name(config: dict[str, Any]) -> str:
     return name
 
 
+def selected_on_test(run: Run) -> bool:
+    """The run reports the epoch with the best test accuracy (the released codes' protocol)."""
+    return run.config.get("train.select") == "best_test" or str(run.metrics.get("selected_by", "")).startswith("test_")
+
+
 def entries(run: Run) -> list[Entry]:
     """The rows a run contributes: its test metrics (raw and post-hoc when metrics.json holds both),
-    and one row per tune_*.json, at the tuned tau."""
+    and one row per tune_*.json, at the tuned tau. A run selected on test marks every row it gives."""
     cfg, metrics, base = run.config, run.metrics, method_name(run.config)
+    if selected_on_test(run):
+        base += f" [{SELECTED_ON_TEST}]"
     posthoc, tau = cfg.get("eval.posthoc", "none"), cfg.get("eval.tau", 1.0)
     if isinstance(metrics.get("raw"), dict) and isinstance(metrics.get("posthoc"), dict):
         # metrics.json: the configured (post-hoc) prediction at the top level, plain argmax under "raw"
@@ -259,6 +267,14 @@ def tuned_on_test(table: Table) -> bool:
     return any(e.tune is not None and e.tune.get("on", "val") != "val" for m in table.rows for e in table.row_entries(m))
 
 
+def has_selected_on_test(table: Table) -> bool:
+    return any(selected_on_test(e.run) for m in table.rows for e in table.row_entries(m))
+
+
+SELECTED_ON_TEST_NOTE = (f"Rows marked '{SELECTED_ON_TEST}' report the epoch with the best test accuracy "
+                         "(train.select=best_test, the released codes' protocol): optimistic, not comparable with the other rows.")
+
+
 def summary(tables: list[Table]) -> list[dict[str, Any]]:
     """The numbers behind the cells, one record per (dataset, method, column) that has runs."""
     records = []
@@ -277,6 +293,7 @@ def summary(tables: list[Table]) -> list[dict[str, Any]]:
                 taus = [e.tau for e in cell if e.tau is not None]
                 record["tau"] = statistics.fmean(taus) if taus else None
                 record["tuned_on"] = cell[0].tune.get("on", "val") if cell[0].tune else None
+                record["selected_on_test"] = selected_on_test(cell[0].run)
                 record["runs"] = ";".join(str(e.run.path) for e in cell)
                 records.append(record)
     return records
@@ -297,6 +314,8 @@ def markdown(tables: list[Table]) -> str:
         if tuned_on_test(table):
             parts += ["**Rows marked 'τ tuned on test' chose τ on the test set itself: optimistic, not comparable "
                       "with the other rows.**", ""]
+        if has_selected_on_test(table):
+            parts += [f"**{SELECTED_ON_TEST_NOTE}**", ""]
     return "\n".join(parts)
 
 
