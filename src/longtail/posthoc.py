@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .calibration import format_calibration
 from .errors import LongtailError
 from .losses.logit_adjusted import log_prior
 from .metrics import evaluate_predictions, expert_metrics, format_table
@@ -151,11 +152,12 @@ def configured_metrics(
 
 def format_configured(metrics: dict, title: str) -> str:
     """configured_metrics' result for the terminal under `title`: the raw argmax table, then (when a
-    correction was applied) the corrected one."""
+    correction was applied) the corrected one, then the calibration block (ECE / NLL / Brier) if present."""
+    calibration = "\n" + format_calibration(metrics["calibration"]) if metrics.get("calibration") else ""
     if metrics["posthoc"] is None:
-        return format_table(metrics, title + ":")
+        return format_table(metrics, title + ":") + calibration
     raw = format_table(metrics["raw"], f"{title}, raw argmax:")
-    return raw + "\n" + format_table(metrics, f"{title}, {describe_posthoc(metrics['posthoc'])}:")
+    return raw + "\n" + format_table(metrics, f"{title}, {describe_posthoc(metrics['posthoc'])}:") + calibration
 
 
 def describe_posthoc(block: dict) -> str:

@@ -297,6 +297,10 @@ def markdown(tables: list[Table]) -> str:
         if tuned_on_test(table):
             parts += ["**Rows marked 'τ tuned on test' chose τ on the test set itself: optimistic, not comparable "
                       "with the other rows.**", ""]
+        from .label_shift import extra_grids  # shift.json and calibration tables, where the runs have them
+
+        for _, title, (header, rows) in extra_grids(table):
+            parts += [title, "", _md_table(header, rows), ""]
     return "\n".join(parts)
 
 
