@@ -187,7 +187,7 @@ def _raw_runs(by_method: dict[str, list[Entry]], has) -> dict[str, list]:
 def _panels(count: int, legend: int = 0):
     cols = min(count, 3)
     rows = (count + cols - 1) // cols
-    fig, axes = _new(width=4.2 * cols, height=3.6 * rows, cols=cols, rows=rows, legend=legend)
+    fig, axes = _new(width=max(4.2 * cols, 6.0), height=3.6 * rows + 0.4, cols=cols, rows=rows, legend=legend)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, axes.flat
@@ -208,7 +208,7 @@ def _shift_curves(by_method: dict[str, list[Entry]], where: str):
             ax.plot(x, [np.nan if m is None else m for m in means], marker="o", markersize=3, label=label)
         ax.set_xticks(x, priors, rotation=45, ha="right", fontsize="small")
         ax.set(title=method, ylabel="test top-1 (%)")
-    fig.suptitle(f"Accuracy against the test class prior ({where})")
+    fig.suptitle(f"Accuracy against the test class prior ({where})", fontsize="medium")
     return _legend(fig, axes[0])
 
 
