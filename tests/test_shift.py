@@ -60,6 +60,18 @@ def test_em_and_bbse_recover_a_shifted_prior(backward):
     assert float((SOURCE - true).abs().sum()) > 0.5
 
 
+def test_estimates_with_a_long_tailed_source_prior():
+    # validation drawn with a forward prior (its confusion matrix is far from symmetric), target backward
+    source, target = profile(5.0), profile(20.0, backward=True)
+    x, y = mixture_sample(target, 20_000, seed=5)
+    true = torch.bincount(y, minlength=CLASSES).double() / len(y)
+    log_q = exact_log_posterior(x, source)
+    x_val, y_val = mixture_sample(source, 20_000, seed=6)
+    bbse = bbse_prior(exact_log_posterior(x_val, source).argmax(-1), y_val, log_q.argmax(-1), source)
+    assert float((bbse.prior - true).abs().sum()) < 0.02
+    assert float((em_prior(log_q, source).prior - true).abs().sum()) < 0.02
+
+
 def test_em_is_referred_to_the_source_prior():
     # posteriors w.r.t. a non-uniform source prior, no shift: EM must stay at that prior
     source = profile(5.0)
@@ -78,9 +90,9 @@ def test_bbse_with_a_class_never_predicted_says_so_and_clips():
 
 def test_shifted_scores_are_bayes_rule():
     log_q = torch.log(torch.tensor([[0.6, 0.4]], dtype=torch.float64))
-    scores = shifted_scores(log_q, torch.tensor([0.2, 0.8], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64))
-    posterior = scores.softmax(-1)  # 0.6*0.2/0.5 : 0.4*0.8/0.5 = 0.24 : 0.64
-    assert posterior[0, 0].item() == pytest.approx(0.24 / 0.88)
+    scores = shifted_scores(log_q, torch.tensor([0.2, 0.8], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    posterior = scores.softmax(-1)  # 0.6 * 0.2 / 0.25 : 0.4 * 0.8 / 0.75 = 0.48 : 0.42667
+    assert posterior[0, 0].item() == pytest.approx(0.48 / (0.48 + 0.32 / 0.75))
 
 
 # ----------------------------------------------------------------------------- Menon et al.'s problem
