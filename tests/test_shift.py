@@ -3,7 +3,6 @@ the known-prior correction against the closed-form Bayes error, and bad specs.""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest

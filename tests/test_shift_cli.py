@@ -4,10 +4,8 @@ Fashion-MNIST-LT run, and the report's label-shift tables and figures."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import TINY_FMNIST, make_small_fmnist, needs_fmnist
 from longtail.cli import main
