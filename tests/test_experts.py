@@ -347,4 +347,4 @@ def test_cli_evaluate_prints_every_expert(tiny_cifar_root, tmp_path, train):
     metrics, _ = train("cifar10_lt/lgla_imba100.yaml", tiny_cifar_root, run, "model.num_experts=2")
     out = run_cli("evaluate", str(run)).stdout
     assert "ensemble" in out and "expert 1" in out and "expert 2" not in out
-    assert f"{metrics['experts'][1]['top1']:6.2f}" in out.splitlines()[-1]
+    assert f"{metrics['experts'][1]['top1']:6.2f}" in next(line for line in out.splitlines() if line.startswith("expert 1"))

@@ -283,7 +283,7 @@ def test_report_of_a_real_training_run(tmp_path: Path, cli):
     report = write_report([run], tmp_path / "report")
     top1 = json.loads((run / "metrics.json").read_text())["top1"]
     assert read_csv(tmp_path / "report" / "results.csv")[("fmnist_lt", "CE")]["IF 10"] == f"{top1:.2f} (1 seed)"
-    assert {f.name.split("_fmnist")[0] for f in report.files if f.suffix == ".png"} == {"per_class", "shots", "training", "effective"}
+    assert {f.name.split("_fmnist")[0] for f in report.files if f.suffix == ".png"} == {"per_class", "shots", "training", "effective", "reliability"}
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (Debian package 'chromium'); the page was not opened in a browser")

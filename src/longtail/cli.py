@@ -1,4 +1,4 @@
-"""The `longtail` command: train, evaluate, tune, report. User mistakes end in one line on stderr and exit code 2."""
+"""The `longtail` command: train, evaluate, tune, shift, report. User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_checkpoint, run_directory
     from .posthoc import format_configured
 
+    if args.target_prior is not None:
+        return _evaluate_target_prior(args)
     posthoc = args.posthoc or "none"
     if posthoc == "none" and (args.tau is not None or args.save or args.pn_mass):
         raise LongtailError("--tau, --pn-mass and --save go with --posthoc la|pn|tau_norm")
@@ -60,6 +62,35 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
         write_json_atomic(out, metrics)
         print(f"wrote {out}")
+
+
+def _evaluate_target_prior(args: argparse.Namespace) -> None:
+    from .checkpoint import write_json_atomic
+    from .distributed import launched_as_main
+    from .evaluation import run_directory
+    from .shift import evaluate_target_prior, format_target_prior
+
+    if args.posthoc or args.tau is not None or args.pn_mass or args.imbalance_factor or args.class_counts or args.split != "test":
+        raise LongtailError("--target-prior resamples the test split and corrects to that prior on its own; "
+                            "leave out --posthoc, --tau, --pn-mass, --imbalance-factor, --class-counts and --split")
+    metrics = evaluate_target_prior(args.run, args.target_prior, overrides=args.overrides)
+    if not launched_as_main():
+        return
+    print(format_target_prior(metrics, f"test metrics of {metrics['checkpoint_path']}"))
+    if args.save:
+        out = run_directory(args.run) / "eval_target_prior.json"
+        write_json_atomic(out, metrics)
+        print(f"wrote {out}")
+
+
+def _shift(args: argparse.Namespace) -> None:
+    from .distributed import launched_as_main
+    from .shift import DEFAULT_PRIORS, parse_prior_list, run_shift
+
+    main = launched_as_main()  # under torchrun rank 0 alone prints and writes
+    priors = parse_prior_list(args.priors) if args.priors is not None else list(DEFAULT_PRIORS)
+    run_shift(args.run, priors, seed=args.seed, overrides=args.overrides, calibration=args.calibration,
+              write=main, log=print if main else lambda line: None)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -130,8 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--imbalance-factor", type=float, help="la: adjust by the prior of this imbalance factor "
                        "(same n_max and profile) instead of the checkpoint's training counts")
     prior.add_argument("--class-counts", help="la: adjust by these per-class counts, e.g. 5000,2997,1796,...")
-    evaluate.add_argument("--save", action="store_true", help="write eval_<posthoc>.json into the run directory")
+    evaluate.add_argument("--target-prior", metavar="SPEC", help="resample the test split to this class prior (uniform, "
+                          "forward-IF, backward-IF or a file of per-class weights) and correct the predictions to it")
+    evaluate.add_argument("--save", action="store_true", help="write eval_<posthoc>.json (eval_target_prior.json) into the run directory")
     evaluate.set_defaults(func=_evaluate)
+
+    shift = commands.add_parser("shift", help="accuracy under other test class priors, with label-shift corrections; writes shift.json")
+    shift.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    shift.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.val_source=test_holdout")
+    shift.add_argument("--priors", help="comma-separated test priors: uniform, forward-IF, backward-IF or files of per-class "
+                       "weights (default forward-50,forward-10,uniform,backward-10,backward-50)")
+    shift.add_argument("--seed", type=int, default=0, help="seed of the per-class test subsamples (default 0)")
+    shift.add_argument("--calibration", choices=["bcts", "temperature"], default="bcts",
+                       help="calibration fitted on the validation split before correcting (default bcts)")
+    shift.set_defaults(func=_shift)
 
     tune = commands.add_parser("tune", help="choose the tau of a post-hoc correction on the validation split")
     tune.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed, selection
+from .calibration import calibration_summary
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
@@ -406,10 +407,10 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
         model.load_state_dict(load_checkpoint(best_path)["model"])
     # one pass per split; the raw and post-hoc metrics are both computed from these outputs
     test = predict_split(model, bundle.test, bundle, cfg, runtime)
-    needs_val = cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val"
-    val = predict_split(model, bundle.val, bundle, cfg, runtime) if needs_val and bundle.val is not None else None
+    val = predict_split(model, bundle.val, bundle, cfg, runtime) if bundle.val is not None else None  # pn mass, calibration
     metrics = configured_metrics(cfg.eval.posthoc, cfg.eval.tau, cfg.eval.pn_mass, test, val,
                                  bundle.class_counts, classifier_weight(model))
+    metrics["calibration"] = calibration_summary(test, val, f"no validation split (dataset.val_source={cfg.dataset.val_source})")
     metrics.update({
         "split": "test",
         "checkpoint": chosen,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .calibration import calibration_summary
 from .checkpoint import load_checkpoint
 from .config import Config, flatten, from_flat, parse_override
 from .data import DataBundle, build_data, long_tailed_counts
@@ -163,12 +164,14 @@ def evaluate_checkpoint(
         raise LongtailError("an imbalance factor or class counts only change the prior of --posthoc la")
     cfg, ckpt, ckpt_path = load_run(path, overrides)
     pn_mass = pn_mass or cfg.eval.pn_mass
-    needed = {split} | ({"val"} if posthoc == "pn" and pn_mass == "val" else set())
-    run = outputs_of(cfg, ckpt, ckpt_path, sorted(needed))
+    run = outputs_of(cfg, ckpt, ckpt_path, sorted({split, "val"}))  # val (where the run has one): calibration, pn mass
     evaluated = run.split(split)
-    val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if "val" in needed else None
+    needs_val = posthoc == "pn" and pn_mass == "val"
+    val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if needs_val else None
     prior = prior_counts(run.class_counts, run.cfg, imbalance_factor, class_counts)
     metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)
+    no_val = "the evaluated split is the calibration split" if split == "val" else f"no validation split (dataset.val_source={cfg.dataset.val_source})"
+    metrics["calibration"] = calibration_summary(evaluated, None if split == "val" else run.splits.get("val"), no_val)
     metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts,
                     **protocol_fields(cfg)})  # a checkpoint chosen on test says so wherever it is evaluated
     return with_class_names(metrics, class_names_of(ckpt))

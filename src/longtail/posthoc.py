@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .calibration import format_calibration
 from .errors import LongtailError
 from .losses.logit_adjusted import log_prior
 from .metrics import TABLE_KEYS, evaluate_predictions, expert_metrics, format_rows, format_table
@@ -152,14 +153,16 @@ def configured_metrics(
 def format_configured(metrics: dict, title: str) -> str:
     """configured_metrics' result for the terminal under `title`. With a correction applied: one table
     comparing the raw argmax with the corrected prediction of the same model, and their difference
-    (multi-expert models: the raw table, then the corrected one, each with a row per expert)."""
+    (multi-expert models: the raw table, then the corrected one, each with a row per expert); then the
+    calibration block (ECE / NLL / Brier) if present."""
+    calibration = "\n" + format_calibration(metrics["calibration"]) if metrics.get("calibration") else ""
     if metrics["posthoc"] is None:
-        return format_table(metrics, title + ":")
+        return format_table(metrics, title + ":") + calibration
     described = describe_posthoc(metrics["posthoc"])
     if metrics.get("experts"):
         raw = format_table(metrics["raw"], f"{title}, raw argmax:")
-        return raw + "\n" + format_table(metrics, f"{title}, {described}:")
-    return format_comparison(metrics["raw"], metrics, described, f"{title}, without and with {described}:")
+        return raw + "\n" + format_table(metrics, f"{title}, {described}:") + calibration
+    return format_comparison(metrics["raw"], metrics, described, f"{title}, without and with {described}:") + calibration
 
 
 def format_comparison(raw: dict, corrected: dict, correction: str, title: str = "") -> str:

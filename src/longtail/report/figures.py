@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import LongtailError
 from ..shots import SHOTS, shot_groups
+from .label_shift import CORRECTIONS, shift_priors, shift_values
 from .tables import Entry, Table, mean_std
 
 BETAS = (0.0, 0.99, 0.999, 0.9999)
@@ -48,6 +49,8 @@ def write_figures(table: Table, out_dir: Path) -> list[tuple[str, str, str]]:
             ("tau", f"Accuracy against τ from `longtail tune` ({where})", _tau_curves),
             ("training", f"Training loss and validation top-1 per epoch ({where})", _training),
             ("effective", f"Effective class probabilities, classes ranked by frequency ({where})", _effective),
+            ("shift", f"Test top-1 against the test class prior, per correction (`longtail shift`; {where})", _shift_curves),
+            ("reliability", f"Reliability of the test softmax before and after temperature scaling ({where})", _reliability),
         ):
             fig = draw(by_method, where)
             if fig is None:  # nothing to draw, e.g. no tune_*.json for this column
@@ -173,3 +176,69 @@ def _effective(by_method: dict[str, list[Entry]], where: str):
     axes[-1, 0].set_xlabel("class rank by training images (1 = most frequent)")
     fig.suptitle(f"Effective class probabilities (Cui et al.), {where}")
     return fig
+
+
+def _raw_runs(by_method: dict[str, list[Entry]], has) -> dict[str, list]:
+    """method -> its raw-argmax runs (each once) for which has(run) holds."""
+    found = {m: list({id(e.run): e.run for e in cell if e.variant == 0 and has(e.run)}.values()) for m, cell in by_method.items()}
+    return {m: runs for m, runs in found.items() if runs}
+
+
+def _panels(count: int, legend: int = 0):
+    cols = min(count, 3)
+    rows = (count + cols - 1) // cols
+    fig, axes = _new(width=max(4.2 * cols, 6.0), height=3.6 * rows + 0.4, cols=cols, rows=rows, legend=legend)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def _shift_curves(by_method: dict[str, list[Entry]], where: str):
+    runs = _raw_runs(by_method, lambda run: run.shift is not None)
+    if not runs:
+        return None
+    priors = shift_priors(runs)
+    fig, axes = _panels(len(runs), legend=len(CORRECTIONS))
+    x = np.arange(len(priors))
+    for ax, (method, found) in zip(axes, runs.items()):
+        for correction, label in CORRECTIONS.items():
+            means = [mean_std(shift_values(found, correction, p, "top1"))[0] for p in priors]
+            if all(m is None for m in means):
+                continue
+            ax.plot(x, [np.nan if m is None else m for m in means], marker="o", markersize=3, label=label)
+        ax.set_xticks(x, priors, rotation=45, ha="right", fontsize="small")
+        ax.set(title=method, ylabel="test top-1 (%)")
+    fig.suptitle(f"Accuracy against the test class prior ({where})", fontsize="medium")
+    return _legend(fig, axes[0])
+
+
+def _merged_bins(blocks: list[dict], when: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Seeds' reliability bins pooled: counts summed, confidence and accuracy weighted by count."""
+    tables = [b[when]["bins"] for b in blocks if isinstance(b.get(when), dict) and b[when].get("bins")]
+    if not tables:
+        return None
+    counts = np.sum([t["count"] for t in tables], axis=0).astype(float)
+    def pooled(key: str) -> np.ndarray:
+        total = np.sum([[0.0 if v is None else v * n for v, n in zip(t[key], t["count"])] for t in tables], axis=0)
+        return np.divide(total, counts, out=np.full_like(counts, np.nan), where=counts > 0)
+    return counts, pooled("confidence"), pooled("accuracy")
+
+
+def _reliability(by_method: dict[str, list[Entry]], where: str):
+    runs = _raw_runs(by_method, lambda run: isinstance(run.metrics.get("calibration"), dict))
+    if not runs:
+        return None
+    fig, axes = _panels(len(runs), legend=2)
+    for ax, (method, found) in zip(axes, runs.items()):
+        blocks = [run.metrics["calibration"] for run in found]
+        for when, style in (("before", "o-"), ("after", "s--")):
+            merged = _merged_bins(blocks, when)
+            if merged is None:
+                continue
+            counts, confidence, accuracy = merged
+            ece = 100 * np.nansum(counts * np.abs(accuracy - confidence)) / counts.sum()
+            ax.plot(confidence, accuracy, style, markersize=4, label=f"{when} calibration", alpha=0.85)
+            ax.text(0.03, 0.92 if when == "before" else 0.84, f"ECE {when}: {ece:.2f} %", transform=ax.transAxes, fontsize="small")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence (15 bins)", ylabel="accuracy", title=method)
+    return _legend(fig, axes[0])

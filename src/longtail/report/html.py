@@ -10,6 +10,7 @@ import base64
 from html import escape
 from pathlib import Path
 
+from .label_shift import extra_grids
 from .tables import SELECTED_ON_TEST_NOTE, Table, grid, has_selected_on_test, provenance, tuned_on_test
 
 STYLE = """
@@ -37,13 +38,16 @@ window.addEventListener("load", function () {
 
 
 def _table_html(table: Table, shots: bool, kind: str) -> str:
-    header, rows = grid(table, shots)
+    return _grid_html(*grid(table, shots), table.dataset, kind)
+
+
+def _grid_html(header: list[str], rows: list[list[str]], dataset: str, kind: str) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f'<td class="{"missing" if c == "missing" else ""}">{escape(c)}</td>' for c in row) + "</tr>"
         for row in rows
     )
-    return (f'<table class="{kind}" data-dataset="{escape(table.dataset)}">'
+    return (f'<table class="{kind}" data-dataset="{escape(dataset)}">'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
@@ -60,6 +64,8 @@ def write_html(tables: list[Table], figures: dict[str, list[tuple[str, str, str]
     for table in tables:
         parts += [f"<h2>{escape(table.dataset)}</h2>", f"<p>{escape(provenance(table))}.</p>", "<h3>Top-1 accuracy (%)</h3>", _table_html(table, False, "top1"),
                   "<h3>Many / medium / few accuracy (%)</h3>", _table_html(table, True, "shots")]
+        for kind, title, (header, rows) in extra_grids(table):
+            parts += [f"<h3>{escape(title)}</h3>", _grid_html(header, rows, table.dataset, kind)]
         if tuned_on_test(table):
             parts.append("<p class='warning'>Rows marked 'τ tuned on test' chose τ on the test set itself: "
                          "optimistic, not comparable with the other rows.</p>")
@@ -67,7 +73,7 @@ def write_html(tables: list[Table], figures: dict[str, list[tuple[str, str, str]
             parts.append(f"<p class='warning'>{escape(SELECTED_ON_TEST_NOTE)}</p>")
         for column, caption, name in figures.get(table.dataset, []):
             data = base64.b64encode((figure_dir / name).read_bytes()).decode("ascii")
-            wide = " class='wide'" if "training_" in name else ""
+            wide = " class='wide'" if name.startswith(("training_", "shift_", "reliability_")) else ""
             parts.append(f"<figure><img{wide} src='data:image/png;base64,{data}' alt='{escape(caption)}' data-file='{escape(name)}'>"
                          f"<figcaption>{escape(caption)}</figcaption></figure>")
     parts.append("<details><summary>Runs read</summary><ul>" + "".join(f"<li>{escape(str(r))}</li>" for r in runs) + "</ul></details>")

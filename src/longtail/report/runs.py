@@ -1,7 +1,8 @@
 """Finding and reading run directories.
 
 A run directory holds config.yaml and metrics.json (written by `longtail train`), optionally
-tune_<posthoc>.json files (`longtail tune`) and epochs.jsonl (one JSON object per epoch).
+tune_<posthoc>.json files (`longtail tune`), shift.json (`longtail shift`) and epochs.jsonl (one JSON
+object per epoch).
 Nothing else is read: no checkpoints, no TensorBoard files.
 """
 
@@ -12,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -27,6 +28,7 @@ class Run:
     metrics: dict[str, Any]
     tunes: dict[str, dict] = field(default_factory=dict)  # posthoc name -> tune_<name>.json
     epochs: list[dict] = field(default_factory=list)
+    shift: Optional[dict[str, Any]] = None  # shift.json (`longtail shift`)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -82,7 +84,10 @@ def read_run(path: Path) -> Run:
     for file in sorted(path.glob("tune_*.json")):
         tune = _read_json(file)
         tunes[tune.get("posthoc", file.stem[len("tune_"):])] = tune
-    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"))
+    shift = _read_json(path / "shift.json") if (path / "shift.json").is_file() else None
+    if shift is not None and not (isinstance(shift.get("rows"), list) and isinstance(shift.get("calibration"), dict)):
+        raise LongtailError(f"'{path / 'shift.json'}' has no 'rows' and 'calibration'; re-run `longtail shift`")
+    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"), shift)
 
 
 @functools.cache

@@ -316,6 +316,10 @@ def markdown(tables: list[Table]) -> str:
                       "with the other rows.**", ""]
         if has_selected_on_test(table):
             parts += [f"**{SELECTED_ON_TEST_NOTE}**", ""]
+        from .label_shift import extra_grids  # shift.json and calibration tables, where the runs have them
+
+        for _, title, (header, rows) in extra_grids(table):
+            parts += [title, "", _md_table(header, rows), ""]
     return "\n".join(parts)
 
 

@@ -1,0 +1,351 @@
+"""Label shift: evaluating one trained model under other test class priors, and correcting its
+predictions to a known or estimated target prior.
+
+Posteriors q(c|x) calibrated on the validation split (calibration.py) refer to the validation prior
+pi_val. For a target prior pi_t, Bayes' rule predicts argmax_c log q(c|x) + log pi_t(c) - log pi_val(c)
+(post-hoc LA is the case pi_t uniform, source = training prior). Corrections, one table below:
+
+- none:  the model's own argmax (raw logits), no calibration.
+- known: the true prior of the evaluated set, given.
+- em:    Saerens, Latinne, Decaestecker (Neural Computation 2002): EM on the calibrated posteriors of
+         the unlabelled evaluated set, started from and referred to pi_val, in log space.
+- bbse:  Lipton, Wang, Smola (ICML 2018): solve C w = mu, C[i, j] = P(pred i, true j) on validation,
+         mu the predicted-class frequencies on the evaluated set; negative weights clipped, pi = w pi_val
+         renormalised.
+
+Test priors (SADE's test-agnostic protocol, Zhang et al. NeurIPS 2022): `uniform`, `forward-IF`
+(the exponential profile over the test split's per-class counts, classes in training order: most
+frequent training class first), `backward-IF` (that order reversed), or a file of per-class weights.
+Each keeps a seeded per-class subsample of the test split (data.splits.long_tailed_split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .calibration import Calibrator, calibration_summary, ece, fit_calibration, format_calibration
+from .data.splits import long_tailed_counts, long_tailed_split
+from .errors import LongtailError, one_line
+from .metrics import evaluate_predictions, format_table
+
+DEFAULT_PRIORS = ("forward-50", "forward-10", "uniform", "backward-10", "backward-50")
+DEFAULT_SEED = 0
+SPEC_HELP = "uniform, forward-IF or backward-IF (IF >= 1, e.g. forward-50), or a file of per-class weights"
+
+
+# ----------------------------------------------------------------------------- test priors
+
+
+@dataclass
+class TestPrior:
+    """A parsed test-prior spec: kind uniform | forward | backward | file."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    spec: str
+    kind: str
+    factor: float = 1.0
+    weights: Optional[list[float]] = None
+
+
+def parse_prior(spec: str) -> TestPrior:
+    spec = spec.strip()
+    if spec == "uniform":
+        return TestPrior(spec, "uniform")
+    match = re.fullmatch(r"(forward|backward)-(.+)", spec)
+    if match and not Path(spec).is_file():
+        try:
+            factor = float(match.group(2))
+        except ValueError:
+            raise LongtailError(f"test prior '{spec}': '{match.group(2)}' is not a number; use {SPEC_HELP}") from None
+        if not math.isfinite(factor) or factor < 1:
+            raise LongtailError(f"test prior '{spec}': the imbalance factor must be a finite number >= 1 "
+                                f"(n_max / n_min), got {match.group(2)}; e.g. {match.group(1)}-50")
+        return TestPrior(spec, match.group(1), factor)
+    if Path(spec).is_file():
+        return TestPrior(spec, "file", weights=_read_weights(Path(spec)))
+    raise LongtailError(f"unknown test prior '{spec}' (and no such file); use {SPEC_HELP}")
+
+
+def _read_weights(path: Path) -> list[float]:
+    """Per-class weights from a JSON list or numbers separated by whitespace or commas."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LongtailError(f"cannot read the prior file '{path}' ({one_line(exc)})") from None
+    try:
+        values = json.loads(text) if text.lstrip().startswith("[") else [float(v) for v in re.split(r"[\s,]+", text.strip()) if v]
+        values = [float(v) for v in values]
+    except (ValueError, TypeError):
+        raise LongtailError(f"the prior file '{path}' must hold one number per class (a JSON list, or numbers "
+                            "separated by spaces, commas or newlines)") from None
+    bad = [v for v in values if not math.isfinite(v) or v < 0]
+    if bad:
+        raise LongtailError(f"the prior file '{path}' holds {bad[0]}; class weights must be finite and >= 0")
+    if not values or sum(values) <= 0:
+        raise LongtailError(f"the prior file '{path}' has no positive weight; give one weight >= 0 per class, not all 0")
+    return values
+
+
+def target_counts(prior: TestPrior, available: Sequence[int], train_counts: Sequence[int]) -> list[int]:
+    """Test images to keep per class (label order). available: the test split's images per class."""
+    num_classes = len(available)
+    n_max = min(available)
+    if prior.kind == "uniform":
+        return [n_max] * num_classes
+    if prior.kind == "file":
+        weights = prior.weights or []
+        if len(weights) != num_classes:
+            raise LongtailError(f"the prior file '{prior.spec}' has {len(weights)} weights; the dataset has "
+                                f"{num_classes} classes (one weight per class, in label order)")
+        top = max(weights)
+        return [int(n_max * w / top) for w in weights]
+    if prior.factor > n_max:
+        raise LongtailError(f"test prior '{prior.spec}' needs at least {prior.factor:g} test images in every class; "
+                            f"the test split has {n_max}; use an imbalance factor <= {n_max}")
+    profile = long_tailed_counts(n_max, num_classes, prior.factor, "exp")
+    # training order: the most frequent training class first (label order for the exp profile)
+    order = sorted(range(num_classes), key=lambda c: -train_counts[c])
+    if prior.kind == "backward":
+        order = order[::-1]
+    counts = [0] * num_classes
+    for rank, cls in enumerate(order):
+        counts[cls] = profile[rank]
+    return counts
+
+
+def resample(labels: torch.Tensor, prior: TestPrior, train_counts: Sequence[int], seed: int) -> torch.Tensor:
+    """Indices (sorted) of a seeded per-class subsample of a labelled split following `prior`."""
+    labels_np = labels.cpu().numpy()
+    available = np.bincount(labels_np, minlength=len(train_counts)).tolist()
+    if min(available) == 0:
+        empty = available.index(0)
+        raise LongtailError(f"the test split has no image of class {empty}; test priors resample every class")
+    keep, _ = long_tailed_split(labels_np, target_counts(prior, available, train_counts), seed)
+    return torch.from_numpy(keep)
+
+
+# ----------------------------------------------------------------------------- prior estimation
+
+
+@dataclass
+class PriorEstimate:
+    prior: torch.Tensor  # (C,) float64, sums to 1
+    note: Optional[str] = None  # what went wrong, if anything (not converged, singular, fallback)
+
+
+def em_prior(log_q: torch.Tensor, source_prior: torch.Tensor, tol: float = 1e-8, min_iter: int = 10,
+             max_iter: int = 2000) -> PriorEstimate:
+    """Saerens et al.'s EM: w <- mean_x q_w(c|x), q_w(c|x) proportional to q(c|x) w(c) / pi_s(c), from w = pi_s.
+    Stops when no class's estimate moves by more than `tol` (after `min_iter` iterations)."""
+    log_q = log_q.double()
+    log_source = source_prior.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+    log_w = log_source.clone()
+    log_n = math.log(len(log_q))
+    for iteration in range(1, max_iter + 1):
+        log_post = log_q + (log_w - log_source)
+        log_post = log_post - log_post.logsumexp(-1, keepdim=True)
+        new = log_post.logsumexp(0) - log_n
+        change = float((new.exp() - log_w.exp()).abs().max())
+        log_w = new
+        if iteration >= min_iter and change < tol:
+            return PriorEstimate(log_w.exp() / log_w.exp().sum())
+    return PriorEstimate(log_w.exp() / log_w.exp().sum(), f"EM did not converge in {max_iter} iterations (last change {change:.2g})")
+
+
+def bbse_prior(val_preds: torch.Tensor, val_labels: torch.Tensor, target_preds: torch.Tensor,
+               source_prior: torch.Tensor) -> PriorEstimate:
+    """Lipton et al.'s black-box shift estimate from hard predictions."""
+    num_classes = len(source_prior)
+    joint = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    joint.index_put_((val_preds.long().cpu(), val_labels.long().cpu()), torch.ones(len(val_labels), dtype=torch.float64),
+                     accumulate=True)
+    joint /= len(val_labels)  # joint[i, j] = P(pred i, true j) on validation
+    mu = torch.bincount(target_preds.long().cpu(), minlength=num_classes).double() / len(target_preds)
+    note = None
+    rank = int(torch.linalg.matrix_rank(joint))
+    if rank < num_classes:
+        note = f"the validation confusion matrix has rank {rank} < {num_classes} (a class never predicted); least-squares solution"
+    weights = (torch.linalg.pinv(joint) @ mu).clamp_min(0)
+    prior = weights * source_prior.double()
+    if float(prior.sum()) <= 0:
+        return PriorEstimate(source_prior.double() / source_prior.double().sum(), "BBSE found no positive weight; kept the validation prior")
+    return PriorEstimate(prior / prior.sum(), note)
+
+
+def shifted_scores(log_q: torch.Tensor, target_prior: torch.Tensor, source_prior: torch.Tensor) -> torch.Tensor:
+    """log q(c|x) + log pi_t(c) - log pi_s(c); a class of target prior 0 is never predicted."""
+    return log_q.double() + target_prior.double().log() - source_prior.double().log()
+
+
+@dataclass
+class ShiftInputs:
+    """What the corrections may use for one evaluated (resampled) set."""
+
+    logits: torch.Tensor  # raw model logits of the evaluated set
+    log_q: torch.Tensor  # calibrated log-posteriors of the evaluated set (w.r.t. source_prior)
+    true_prior: torch.Tensor  # the evaluated set's class frequencies (for `known` only)
+    source_prior: torch.Tensor  # the validation split's class frequencies
+    val_log_q: torch.Tensor
+    val_labels: torch.Tensor
+
+
+# name -> function giving (target prior, or None for the raw argmax; estimated?; note)
+CORRECTIONS: dict[str, Callable[[ShiftInputs], tuple[Optional[PriorEstimate], bool]]] = {
+    "none": lambda inp: (None, False),
+    "known": lambda inp: (PriorEstimate(inp.true_prior), False),
+    "em": lambda inp: (em_prior(inp.log_q, inp.source_prior), True),
+    "bbse": lambda inp: (bbse_prior(inp.val_log_q.argmax(-1), inp.val_labels, inp.log_q.argmax(-1), inp.source_prior), True),
+}
+
+
+def corrected_predictions(name: str, inputs: ShiftInputs) -> tuple[torch.Tensor, Optional[PriorEstimate], bool]:
+    if name not in CORRECTIONS:
+        raise LongtailError(f"unknown label-shift correction '{name}'; choose one of {', '.join(CORRECTIONS)}")
+    estimate, estimated = CORRECTIONS[name](inputs)
+    if estimate is None:
+        return inputs.logits.argmax(-1), None, False
+    return shifted_scores(inputs.log_q, estimate.prior, inputs.source_prior).argmax(-1), estimate, estimated
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(labels.long().cpu(), minlength=num_classes).double() / len(labels)
+
+
+def validation_of(run, purpose: str) -> dict[str, torch.Tensor]:
+    """The run's validation outputs, or the one error that says how to get a validation split."""
+    val = run.splits.get("val")
+    if val is None:
+        raise LongtailError(
+            f"{purpose} needs a validation split to calibrate the posteriors on, and this run has none "
+            f"(dataset.val_source={run.cfg.dataset.val_source}); add the override dataset.val_source=test_holdout "
+            "(a labelled hold-out of the test set, e.g. with dataset.val_per_class=20)"
+        )
+    return val
+
+
+def shift_evaluation(run, priors: Sequence[str] = DEFAULT_PRIORS, seed: int = DEFAULT_SEED,
+                     calibration: str = "bcts", log: Callable[[str], None] = lambda line: None) -> dict:
+    """shift.json's body for a run evaluated once (evaluation.RunOutputs with 'val' and 'test')."""
+    parsed = [parse_prior(p) for p in priors]  # every spec checked before any work
+    val, test = validation_of(run, "longtail shift"), run.split("test")
+    calibrator = fit_calibration(calibration, val["logits"], val["labels"])
+    num_classes = len(run.class_counts)
+    source = class_prior(val["labels"], num_classes)
+    log_q, val_log_q = calibrator.log_probs(test["logits"]), calibrator.log_probs(val["logits"])
+    rows = []
+    for prior in parsed:
+        keep = resample(test["labels"], prior, run.class_counts, seed)
+        labels = test["labels"][keep]
+        inputs = ShiftInputs(test["logits"][keep], log_q[keep], class_prior(labels, num_classes), source, val_log_q, val["labels"])
+        for name in CORRECTIONS:
+            preds, estimate, estimated = corrected_predictions(name, inputs)
+            if estimate is not None and estimate.note:
+                log(f"{prior.spec}, {name}: {estimate.note}")
+            m = evaluate_predictions(preds, labels, run.class_counts)
+            l1 = float((estimate.prior - inputs.true_prior).abs().sum()) if estimated else None
+            rows.append({"test_prior": prior.spec, "n_images": len(labels), "correction": name,
+                         "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "prior_l1": l1})
+    block = {"method": calibration, "temperature": calibrator.temperature, "split": "val",
+             "ece_before": ece(test["logits"].double().softmax(-1), test["labels"]),
+             "ece_after": ece(log_q.exp(), test["labels"])}
+    return {"calibration": block, "rows": rows}
+
+
+def format_shift(result: dict, title: str) -> str:
+    cal = result["calibration"]
+    lines = [f"{title}",
+             f"calibration: {cal['method']} fitted on {cal['split']} (T = {cal['temperature']:.3f}); "
+             f"ECE on the test split {cal['ece_before']:.2f} % before, {cal['ece_after']:.2f} % after",
+             f"{'test prior':<14} {'images':>7} {'correction':<10} {'top1':>7} {'mean/class':>10} {'prior L1':>9}"]
+    for r in result["rows"]:
+        l1 = "-" if r["prior_l1"] is None else f"{r['prior_l1']:.3f}"
+        mca = "n/a" if r["mean_class_acc"] is None else f"{r['mean_class_acc']:.2f}"
+        lines.append(f"{r['test_prior']:<14} {r['n_images']:>7} {r['correction']:<10} {r['top1']:7.2f} {mca:>10} {l1:>9}")
+    return "\n".join(lines)
+
+
+def run_shift(path: str | Path, priors: Sequence[str] = DEFAULT_PRIORS, seed: int = DEFAULT_SEED,
+              overrides: Sequence[str] = (), calibration: str = "bcts", write: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """`longtail shift`: evaluate the run's checkpoint once, print the table, write RUN_DIR/shift.json."""
+    from .checkpoint import write_json_atomic
+    from .evaluation import load_outputs, run_directory
+
+    for p in priors:
+        parse_prior(p)  # a typo fails before the model runs
+    if not 0 <= seed < 2**32:
+        raise LongtailError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed}")
+    if calibration not in ("temperature", "bcts"):
+        raise LongtailError(f"unknown calibration '{calibration}'; choose temperature or bcts")
+    run = load_outputs(path, overrides, ("val", "test"))
+    result = shift_evaluation(run, priors, seed, calibration, log)
+    log(format_shift(result, f"label shift: test priors x corrections, accuracy (%) of {run.ckpt_path} (seed {seed})"))
+    if write:
+        out = run_directory(path) / "shift.json"
+        write_json_atomic(out, result)
+        log(f"wrote {out}")
+    return result
+
+
+def parse_prior_list(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise LongtailError(f"--priors '{text}' names no test prior; e.g. --priors forward-50,uniform,backward-50")
+    return specs
+
+
+# ----------------------------------------------------------------------------- evaluate --target-prior
+
+
+def target_prior_metrics(run, spec: str, seed: int = DEFAULT_SEED, calibration: str = "bcts") -> dict:
+    """The test split resampled to `spec`, predictions corrected to that (known) prior: the usual
+    metrics at the top level, the uncorrected argmax on the same images under 'raw'."""
+    prior = parse_prior(spec)
+    val, test = validation_of(run, "--target-prior"), run.split("test")
+    keep = resample(test["labels"], prior, run.class_counts, seed)
+    labels, logits = test["labels"][keep], test["logits"][keep]
+    calibrator: Calibrator = fit_calibration(calibration, val["logits"], val["labels"])
+    num_classes = len(run.class_counts)
+    target = class_prior(labels, num_classes)
+    scores = shifted_scores(calibrator.log_probs(logits), target, class_prior(val["labels"], num_classes))
+    metrics = evaluate_predictions(scores.argmax(-1), labels, run.class_counts)
+    metrics.update({
+        "raw": evaluate_predictions(logits.argmax(-1), labels, run.class_counts),
+        "posthoc": None,
+        "target_prior": {"spec": spec, "seed": seed, "counts": torch.bincount(labels, minlength=num_classes).tolist(),
+                         "calibration": calibration, "temperature": calibrator.temperature},
+        "calibration": calibration_summary({"logits": logits, "labels": labels}, val),
+    })
+    return metrics
+
+
+def format_target_prior(metrics: dict, title: str) -> str:
+    block = metrics["target_prior"]
+    raw = format_table(metrics["raw"], f"{title}, test split resampled to '{block['spec']}' "
+                       f"({metrics['num_images']} images, seed {block['seed']}), raw argmax:")
+    known = format_table(metrics, f"{title}, corrected to that known prior ({block['calibration']} calibration on val):")
+    return "\n".join([raw, known, format_calibration(metrics["calibration"])])
+
+
+def evaluate_target_prior(path: str | Path, spec: str, overrides: Sequence[str] = (), seed: int = DEFAULT_SEED,
+                          calibration: str = "bcts") -> dict:
+    """`longtail evaluate RUN --target-prior SPEC`: the checkpoint run once over val and test."""
+    from .evaluation import load_outputs
+
+    parse_prior(spec)  # a typo fails before the model runs
+    run = load_outputs(path, overrides, ("val", "test"))
+    metrics = target_prior_metrics(run, spec, seed, calibration)
+    metrics.update({"split": "test", "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts})
+    return metrics
