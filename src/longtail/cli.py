@@ -51,6 +51,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
         write_json_atomic(out, metrics)
         print(f"wrote {out}")
+    if args.json:
+        write_json_atomic(Path(args.json), metrics)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(same n_max and profile) instead of the checkpoint's training counts")
     prior.add_argument("--class-counts", help="la: adjust by these per-class counts, e.g. 5000,2997,1796,...")
     evaluate.add_argument("--save", action="store_true", help="write eval_<posthoc>.json into the run directory")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the metrics (the keys of metrics.json) to FILE")
     evaluate.set_defaults(func=_evaluate)
 
     tune = commands.add_parser("tune", help="choose the tau of a post-hoc correction on the validation split")
