@@ -121,7 +121,13 @@ def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli):
     _torchrun("train", CONFIG, *DDP_SETTINGS, "train.epochs=1", "--out", str(double))
     first = _history(double)
     assert len(first) == 1 and not (double / "checkpoints" / ".last.pt.tmp").exists()
-    _torchrun("train", CONFIG, *DDP_SETTINGS, "train.epochs=2", "--resume", "--allow-config-change", "--out", str(double))
+    first_row = (double / "epochs.jsonl").read_text()
+    resumed = _torchrun("train", CONFIG, *DDP_SETTINGS, "train.epochs=2", "--resume", "--allow-config-change", "--out", str(double)).stdout
+    # a resume, not a restart: it says where it resumed, trains epoch 2 only and keeps epoch 1's row byte for byte
+    assert resumed.count(f"resuming '{double}' after epoch 1") == 1, resumed
+    assert "epoch 2/2" in resumed and "epoch 1/2" not in resumed, resumed
+    assert (double / "epochs.jsonl").read_text().startswith(first_row)
+    assert json.loads((double / "metrics.json").read_text())["launches"] == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 1}]
 
     one, two = _history(single), _history(double)
     assert [r["epoch"] for r in two] == [1, 2]  # written once (by rank 0), resumed after epoch 1

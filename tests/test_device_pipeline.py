@@ -200,13 +200,28 @@ def test_autoaugment_is_per_image_within_a_batch():
     # the images that drew nothing are untouched, the others (mostly) changed
     none = (variants == -1).all(1)
     assert torch.equal(out[none], image[none])
-    # sub-policies uniform; slot-0 application rate = the mean probability of the sub-policies drawn
-    g = torch.Generator().manual_seed(1)
-    policy = torch.randint(aa.num_subpolicies, (20000,), generator=g)
+
+
+def test_autoaugment_draws_each_images_sub_policy_uniformly():
+    """The draws the batch op makes: every image its own sub-policy, uniform over the 25, and operations
+    that belong to the sub-policy drawn, applied at its probabilities."""
+    aa = BatchAutoAugment(32, 32)
+    assert aa.num_subpolicies == 25
+    policy, variants = aa.draw_with_subpolicies(20000, torch.Generator().manual_seed(1))
+    assert torch.equal(variants, aa.draw(20000, torch.Generator().manual_seed(1)))  # what `draw` hands the op
     assert chi_square_uniform(policy, aa.num_subpolicies) < 51.18  # df 24, p = 0.001
-    many = aa.draw(20000, torch.Generator().manual_seed(2))
-    rate = float((many[:, 0] >= 0).double().mean())
-    assert abs(rate - float(aa.prob[:, 0].mean())) < 0.015
+    # per image within a batch: every batch of 256 mixes many sub-policies
+    for batch in policy.split(256):
+        assert len(torch.unique(batch)) >= 20
+    # each slot holds the drawn sub-policy's operation (either sign) or -1
+    for slot in range(2):
+        ids = variants[:, slot]
+        allowed = (ids == -1) | (ids == aa.plus[policy, slot]) | (ids == aa.minus[policy, slot])
+        assert bool(allowed.all())
+        # applied at the sub-policy's probability: the count per slot is binomial, within 4.5 standard deviations
+        p = aa.prob[policy, slot]
+        applied = float((ids >= 0).sum())
+        assert abs(applied - float(p.sum())) < 4.5 * float((p * (1 - p)).sum().sqrt())
 
 
 def test_autoaugment_identity_magnitudes_change_nothing():

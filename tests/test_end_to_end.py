@@ -45,20 +45,40 @@ def test_checkpoint_carries_config_and_counts(trained):
     assert {"optimizer", "scheduler", "loss", "progress"} <= set(ckpt)
 
 
-def test_evaluate_reproduces_the_test_metrics(trained, cli):
+SCORES = ("top1", "mean_class_acc", "many", "medium", "few", "per_class")
+
+
+def test_evaluate_reproduces_the_test_metrics(trained, cli, tmp_path):
     run, _ = trained
     metrics = json.loads((run / "metrics.json").read_text())
-    proc = cli("evaluate", str(run), "--split", "test")
-    assert f"{metrics['top1']:6.2f}" in proc.stdout
-    assert "val metrics" in cli("evaluate", str(run / "checkpoints" / "best.pt"), "--split", "val").stdout
+    cli("evaluate", str(run), "--split", "test", "--json", str(tmp_path / "test.json"))
+    evaluated = json.loads((tmp_path / "test.json").read_text())
+    assert {k: evaluated[k] for k in SCORES} == {k: metrics[k] for k in SCORES}
+    assert evaluated["split"] == "test" and evaluated["checkpoint_path"].endswith("best.pt")
+    # the validation scores of best.pt are those logged for its epoch during training
+    proc = cli("evaluate", str(run / "checkpoints" / "best.pt"), "--split", "val", "--json", str(tmp_path / "val.json"))
+    assert "val metrics" in proc.stdout
+    val = json.loads((tmp_path / "val.json").read_text())
+    row = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()][metrics["epoch"] - 1]
+    assert val["split"] == "val" and val["top1"] == row["val_top1"] and val["mean_class_acc"] == row["val_mean_class_acc"]
 
 
 def test_resume_equals_uninterrupted(trained, cli, tmp_path):
+    """A resumed run continues from its checkpoint: it says where, retrains nothing (the first launch's
+    epochs.jsonl row, timings included, is kept byte for byte) and ends with the uninterrupted run's weights."""
     run, _ = trained
     part = tmp_path / "part"
     cli("train", CONFIG, *TINY_FMNIST, "train.epochs=1", "--out", str(part))
+    first_row = (part / "epochs.jsonl").read_text()
     # continue the 1-epoch run to 2 epochs: only train.epochs differs, which the flag allows
-    cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(part), "--resume", "--allow-config-change")
+    resumed = cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(part), "--resume", "--allow-config-change").stdout
+    assert f"resuming '{part}' after epoch 1" in resumed
+    assert "epoch 2/2" in resumed and "epoch 1/2" not in resumed  # the resumed launch trained epoch 2 only
+    rows = (part / "epochs.jsonl").read_text().splitlines(keepends=True)
+    assert len(rows) == 2 and rows[0] == first_row
+    launches = json.loads((part / "metrics.json").read_text())["launches"]
+    assert launches == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 1}]
+    assert json.loads((run / "metrics.json").read_text())["launches"] == [{"start_epoch": 0, "epochs": 2}]
     full_w = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     part_w = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)

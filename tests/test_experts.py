@@ -345,6 +345,11 @@ def test_fmnist_configs_train_end_to_end(path, tiny_fmnist_root, tmp_path, train
 def test_cli_evaluate_prints_every_expert(tiny_cifar_root, tmp_path, train):
     run = tmp_path / "run"
     metrics, _ = train("cifar10_lt/lgla_imba100.yaml", tiny_cifar_root, run, "model.num_experts=2")
-    out = run_cli("evaluate", str(run)).stdout
+    out = run_cli("evaluate", str(run), "--json", str(tmp_path / "eval.json")).stdout
     assert "ensemble" in out and "expert 1" in out and "expert 2" not in out
-    assert f"{metrics['experts'][1]['top1']:6.2f}" in next(line for line in out.splitlines() if line.startswith("expert 1"))
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    scores = ("top1", "mean_class_acc", "many", "medium", "few", "per_class")
+    assert {k: evaluated[k] for k in scores} == {k: metrics[k] for k in scores}  # the ensemble
+    assert len(evaluated["experts"]) == 2
+    for got, want in zip(evaluated["experts"], metrics["experts"]):
+        assert {k: got[k] for k in scores} == {k: want[k] for k in scores}

@@ -1,14 +1,23 @@
-"""Crash safety: a run SIGKILLed at any moment and resumed with --resume ends bit for bit where the
-uninterrupted run ends (CPU, deterministic settings), and no kill ever leaves a half-written file.
+"""Crash safety: a run SIGKILLed at any moment of its training and resumed with --resume ends bit for bit
+where the uninterrupted run ends (CPU, deterministic settings, the default bf16 autocast + channels_last
+where the CPU has them), resumes rather than restarts, and no kill ever leaves a half-written file.
 
-Kill points per case (6), each in a fresh process resuming the previous one: one mid-epoch (a fifth of an
+Kill points per case, each in a fresh process resuming the previous one: one mid-epoch (a fifth of an
 epoch after the "epoch 1/3" line), one while a checkpoint is being written (the moment its temp file
-appears), three at seeded random fractions of the training left to the launch and one during the final
-test (after the "epoch 3/3" line, before metrics.json).
-Kill points are races against a process on a shared machine, so a kill that misses its aim is aimed again
-(up to MAX_AIMS launches): a launch that finished first is undone from a snapshot of the run directory
-taken before it, and one killed elsewhere is kept (it is one more valid kill) and resumed.
-To cover a new method after merging, add a line to CASES (config and overrides); the harness is generic.
+appears), seeded random ones at a fraction of the training left to the launch, counted from the moment
+training starts (the engine's "computing on ..." line, printed once data and model are ready), and (CE
+only) one during the final test (after the "epoch 3/3" line, before metrics.json). Every kill must land
+after training started: a kill during interpreter start-up or data loading proves nothing about resuming.
+Every launch after the first must resume where the last one committed: it prints "resuming ... after
+epoch N" with N the epochs in last.pt, trains only later epochs, leaves the rows of epochs.jsonl already
+written byte for byte (timings included), and metrics.json's "launches" add up to the epochs once.
+
+Kill points are races against a process on a shared machine, so a kill that misses its aim is aimed again,
+up to MAX_AIMS launches per kill point (generous: a miss costs one launch, and a test that gives up on a
+loaded machine would be a false failure; no assertion depends on how long anything takes): a launch that
+finished first is undone from a snapshot of the run directory taken before it, and one killed elsewhere is
+kept (it is one more valid kill) and resumed.
+To cover a new method after merging, add a line to CASES (config, overrides, random kills); the harness is generic.
 """
 
 from __future__ import annotations
@@ -36,12 +45,16 @@ from longtail.checkpoint import TRAINING_STATE, load_checkpoint
 pytestmark = needs_fmnist
 
 EPOCHS = 3
-RANDOM_KILLS = 3  # plus 3 aimed ones: mid-epoch, checkpoint write, final test
 MAX_AIMS = 5  # launches per kill point before the test gives up on a machine too loaded to aim at
-# name -> (config, overrides). Three epochs of resnet8 on a few hundred images, two DataLoader workers
-# (their augmentation RNG must be reproducible too).
-CASES: dict[str, tuple[str, list[str]]] = {
-    "ce": ("configs/fmnist_lt/ce_imba100.yaml", ["data.num_workers=2"]),
+TRAINING_STARTED = "computing on"  # the engine's last line before its first training step
+# name -> (config, overrides, random kills). Three epochs on a few hundred images.
+CASES: dict[str, tuple[str, list[str], int]] = {
+    # the DataLoader path with two workers (their augmentation RNG must be reproducible too), every aimed kill
+    "ce": ("configs/fmnist_lt/ce_imba100.yaml", ["data.num_workers=2"], 3),
+    # a stateful loss (GALA's gradient statistics live in last.pt) on the device pipeline (AutoAugment on)
+    "gala_device": ("configs/fmnist_lt/gala_imba100.yaml", ["data.pipeline=device", "data.autoaugment=true"], 2),
+    # multi-expert model and loss
+    "lgla": ("configs/fmnist_lt/lgla_imba100.yaml", ["model.name=resnet8_experts"], 1),
 }
 TIMING_KEYS = {"images_per_s", "epoch_time_s"}  # the only values allowed to differ between runs
 CHECKPOINT_TMP = "checkpoints/.*.pt.*.tmp"  # save_atomic's temp files
@@ -49,26 +62,26 @@ CHECKPOINT_TMP = "checkpoints/.*.pt.*.tmp"  # save_atomic's temp files
 
 @dataclass
 class Kill:
-    """When to SIGKILL a launch: `after_s` seconds after it starts, or `delay_s` after a stdout line
-    containing one of `lines` appears, or as soon as a file matching `file` (a glob in the run dir) exists.
-    `fraction` (random kills) sets `after_s` at launch time, as that share of the launch's expected time.
-    `aimed(launch)` says whether a kill landed where it was meant to."""
+    """When to SIGKILL a launch: `delay_s` after a stdout line containing one of `lines` appears, or as soon
+    as a file matching `file` (a glob in the run dir) exists. `fraction` (random kills) sets `delay_s` at
+    launch time, as that share of the launch's expected training time. `aimed(launch)` says whether a kill
+    landed where it was meant to; every kill must also land after training started."""
 
     name: str
-    after_s: Optional[float] = None
     lines: tuple[str, ...] = ()
     delay_s: float = 0.0
     file: Optional[str] = None
     fraction: Optional[float] = None
-    aimed: Callable[["Launch"], bool] = lambda launch: launch.killed
+    aimed: Callable[["Launch"], bool] = lambda launch: True
 
     def due(self, elapsed: float, output: list[tuple[float, str]], run: Path) -> bool:
-        if self.after_s is not None:
-            return elapsed >= self.after_s
         if self.lines:
             seen = [t for t, line in output if any(text in line for text in self.lines)]
             return bool(seen) and elapsed - seen[0] >= self.delay_s
         return any(run.glob(self.file))
+
+    def landed(self, launch: "Launch") -> bool:
+        return launch.killed and launch.printed(TRAINING_STARTED) and self.aimed(launch)
 
 
 @dataclass
@@ -83,9 +96,12 @@ class Launch:
     def when(self, text: str) -> float:
         return next(t for t, line in self.output if text in line)
 
+    def trained_epochs(self) -> list[int]:
+        return [int(line.split()[1].split("/")[0]) for _, line in self.output if line.startswith("epoch ") and f"/{EPOCHS}" in line]
+
 
 def _args(case: str, data_root: Path, run: Path) -> list[str]:
-    config, overrides = CASES[case]
+    config, overrides, _ = CASES[case]
     return ["train", config, *TINY_FMNIST, f"train.epochs={EPOCHS}", f"dataset.root={data_root}",
             "dataset.download=false", *overrides, "--out", str(run), "--resume"]
 
@@ -102,7 +118,7 @@ def launch(args: list[str], run: Path, kill: Optional[Kill] = None, timeout: flo
     fired, tmp_left = False, []
     while proc.poll() is None:
         elapsed = time.monotonic() - start
-        if elapsed > timeout:
+        if elapsed > timeout:  # a hung launch, not a slow one: 300 s is 20 times a launch on a shared machine
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"launch timed out: {output}")
         if kill is not None and kill.due(elapsed, list(output), run):
@@ -139,6 +155,28 @@ def check_nothing_half_written(run: Path, previous_epoch: int) -> None:
         assert isinstance(yaml.safe_load((run / "config.yaml").read_text()), dict)
 
 
+def check_resumed(result: Launch, run: Path, before: int) -> None:
+    """A launch that started on a run with `before` epochs in last.pt continued from there: it said so,
+    and every epoch it trained (and logged) comes after them."""
+    if before and result.printed(TRAINING_STARTED):
+        assert result.printed(f"resuming '{run}' after epoch {before}"), "a launch did not resume from last.pt"
+    assert all(e > before for e in result.trained_epochs()), f"epochs {result.trained_epochs()} retrained after epoch {before}"
+
+
+class RowLedger:
+    """The first version seen of each epochs.jsonl row; a row must never change once written (a resume
+    that recomputed an epoch would write new timings)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, str] = {}
+
+    def check(self, run: Path) -> None:
+        path = run / "epochs.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            epoch = json.loads(line)["epoch"]
+            assert self.rows.setdefault(epoch, line) == line, f"the epochs.jsonl row of epoch {epoch} was rewritten"
+
+
 def _tb_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -158,7 +196,17 @@ def assert_same_run(run: Path, reference: Path) -> None:
     for p, state in want["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(got["optimizer"]["state"][p][key], value), f"optimizer {key} of param {p} differs"
-    assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+    assert got["loss"].keys() == want["loss"].keys()
+    for key in want["loss"]:  # a stateful loss's statistics (GALA) resume exactly too
+        assert torch.equal(got["loss"][key], want["loss"][key]), f"loss state {key} differs"
+    metrics, ref_metrics = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
+    assert ref_metrics.pop("launches") == [{"start_epoch": 0, "epochs": EPOCHS}]
+    launches = metrics.pop("launches")
+    assert metrics == ref_metrics
+    # the launches that committed epochs, each starting where the previous one ended: every epoch trained once
+    assert len(launches) > 1 and launches[0]["start_epoch"] == 0
+    assert all(b["start_epoch"] == a["start_epoch"] + a["epochs"] for a, b in zip(launches, launches[1:]))
+    assert sum(x["epochs"] for x in launches) == EPOCHS
 
     def rows(r: Path) -> list[dict]:
         return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in (r / "epochs.jsonl").read_text().splitlines()]
@@ -177,56 +225,67 @@ def data_root(tmp_path_factory):
     return make_small_fmnist(tmp_path_factory.mktemp("fmnist_small"), test_per_class=100)
 
 
-def aim(kill: Kill, args: list[str], run: Path, expected_s: Callable[[], float]) -> tuple[Launch, int]:
+def aim(kill: Kill, args: list[str], run: Path, expected_s: Callable[[], float], ledger: RowLedger) -> tuple[Launch, int]:
     """Launch until `kill` lands where aimed (see the module docstring). Returns the landed launch and
-    how many launches it took; every kill on the way is checked for half-written files."""
+    how many launches it took; every launch on the way is checked for a real resume, every kill for
+    half-written files."""
     for attempt in range(1, MAX_AIMS + 1):
         snapshot = run.parent / f"{run.name}.before"
         shutil.rmtree(snapshot, ignore_errors=True)
         if run.exists():
             shutil.copytree(run, snapshot)
         if kill.fraction is not None:
-            kill = replace(kill, after_s=kill.fraction * expected_s())
+            kill = replace(kill, delay_s=kill.fraction * expected_s())
         before = last_epoch(run)
         result = launch(args, run, kill)
+        check_resumed(result, run, before)
         if result.killed:
             check_nothing_half_written(run, before)
         if not result.killed or (run / "metrics.json").exists():  # finished first: undo the launch
             shutil.rmtree(run)
             if snapshot.exists():
                 shutil.copytree(snapshot, run)
-            if kill.fraction is not None:  # aim at the launch just seen, not the estimate
-                kill = replace(kill, fraction=None, after_s=kill.fraction * result.output[-1][0])
-        elif kill.aimed(result):
+            if kill.fraction is not None and result.printed(TRAINING_STARTED):  # aim at the launch just seen
+                seen = result.output[-1][0] - result.when(TRAINING_STARTED)
+                kill = replace(kill, fraction=None, delay_s=kill.fraction * seen)
+            continue
+        ledger.check(run)  # a kept launch: the rows it left must agree with every earlier version
+        if kill.landed(result):
             return result, attempt
     raise AssertionError(f"the kill '{kill.name}' missed its aim in {MAX_AIMS} launches; last: {_where(result)}")
 
 
-@pytest.mark.slow  # 8 launches of the CLI: about a minute on an idle 2-core machine, several when shared
+@pytest.mark.slow  # 20 launches of the CLI in all: a few minutes on a shared 2-core machine
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
     reference = tmp_path / "reference"
     ref = launch(_args(case, data_root, reference), reference)
-    assert ref.printed("test metrics")
-    epoch_s = ref.when(f"epoch 2/{EPOCHS}") - ref.when(f"epoch 1/{EPOCHS}")
-    startup_s = max(ref.when(f"epoch 1/{EPOCHS}") - epoch_s, 0.0)
+    assert ref.printed("test metrics") and ref.trained_epochs() == list(range(1, EPOCHS + 1))
+    epoch_s = (ref.when(f"epoch {EPOCHS}/{EPOCHS}") - ref.when(TRAINING_STARTED)) / EPOCHS
     run = tmp_path / "killed"
 
     def training_left_s() -> float:
-        return startup_s + (EPOCHS - last_epoch(run)) * epoch_s
+        return (EPOCHS - last_epoch(run)) * epoch_s
 
     rng = random.Random(8)
     plan = [
         Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.2 * epoch_s,
-             aimed=lambda r: r.killed and r.printed(f"epoch 1/{EPOCHS}") and not r.printed(f"epoch 2/{EPOCHS}")),
-        Kill("checkpoint write", file=CHECKPOINT_TMP, aimed=lambda r: r.killed and bool(r.tmp_left)),
-        *[Kill(f"random {i + 1}", fraction=rng.uniform(0.05, 0.95)) for i in range(RANDOM_KILLS)],
-        Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}"),
-             aimed=lambda r: r.killed and not r.printed("test metrics")),
+             aimed=lambda r: r.printed(f"epoch 1/{EPOCHS}") and not r.printed(f"epoch 2/{EPOCHS}")),
+        Kill("checkpoint write", file=CHECKPOINT_TMP, aimed=lambda r: bool(r.tmp_left)),
+        *[Kill(f"random {i + 1}", lines=(TRAINING_STARTED,), fraction=rng.uniform(0.05, 0.95)) for i in range(CASES[case][2])],
     ]
-    landed = {kill.name: aim(kill, _args(case, data_root, run), run, training_left_s) for kill in plan}
+    if case == "ce":  # the final test is the same code for every method
+        plan.append(Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}"),
+                         aimed=lambda r: not r.printed("test metrics")))
+    ledger = RowLedger()
+    landed = {kill.name: aim(kill, _args(case, data_root, run), run, training_left_s, ledger) for kill in plan}
+    assert all(r.killed and r.printed(TRAINING_STARTED) for r, _ in landed.values())  # no kill during start-up
+    before = last_epoch(run)
     final = launch(_args(case, data_root, run), run)
     assert not final.killed and final.printed("test metrics")
+    check_resumed(final, run, before)
+    ledger.check(run)
+    assert sorted(ledger.rows) == list(range(1, EPOCHS + 1))
     assert_same_run(run, reference)
     print(f"{case}: " + "; ".join(f"{name}: {_where(r)} (launch {n})" for name, (r, n) in landed.items()))
 
@@ -301,79 +360,6 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(fin
     assert kept["progress"]["epoch"] == 1
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
     assert (copy / "checkpoints" / "best.pt").read_bytes() == best_before
-
-
-def test_check_finite_names_the_failing_step():
-    from longtail.engine import CHECK_EVERY, NonFiniteLoss, _check_finite
-
-    recent = torch.zeros(CHECK_EVERY)
-    _check_finite(recent, CHECK_EVERY, 0)  # all finite: no error
-    recent[3] = float("nan")
-    with pytest.raises(NonFiniteLoss, match="became nan at step 4 of epoch 1"):
-        _check_finite(recent, CHECK_EVERY, 0)  # the first window holds steps 1..25
-    recent.zero_()
-    recent[2] = float("inf")
-    with pytest.raises(NonFiniteLoss, match="became inf at step 28 of epoch 3"):
-        _check_finite(recent, CHECK_EVERY + 5, 2)  # a partial second window: steps 26..30
-
-
-def test_resume_applies_changed_optimizer_settings_and_the_schedule_position():
-    from longtail.config import load_config
-    from longtail.engine import Progress, _restore
-    from longtail.losses import CrossEntropyLoss
-    from longtail.optim import build_optimizer, build_scheduler, lr_factor
-
-    old = load_config(None, ["train.lr=0.1", "train.momentum=0.9", "train.schedule=cosine", "train.epochs=4"])
-    new = load_config(None, ["train.lr=0.02", "train.momentum=0.5", "train.schedule=cosine", "train.epochs=4"])
-    model = torch.nn.Linear(3, 2)
-    opt = build_optimizer(model, old.train)
-    sched = build_scheduler(opt, old.train, 5)
-    for _ in range(10):  # two epochs of five steps
-        model(torch.randn(4, 3)).sum().backward()
-        opt.step()
-        sched.step()
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "loss": {},
-            "progress": {"epoch": 2, "best_score": 1.0, "best_epoch": 2, "history": [{}, {}]}}
-    fresh = torch.nn.Linear(3, 2)
-    opt2 = build_optimizer(fresh, new.train)
-    progress = _restore(ckpt, Path("last.pt"), fresh, opt2, CrossEntropyLoss())
-    build_scheduler(opt2, new.train, 5, start_step=progress.epoch * 5)  # sets the lr of the resumed step
-    assert isinstance(progress, Progress) and progress.epoch == 2
-    group = opt2.param_groups[0]
-    assert group["momentum"] == 0.5 and group["lr"] == pytest.approx(0.02 * lr_factor(new.train, 2.0)) == 0.01
-    assert torch.equal(opt2.state[fresh.weight]["momentum_buffer"], opt.state[model.weight]["momentum_buffer"])
-    # unchanged config: the resumed schedule continues exactly where the saved one stood
-    opt3 = build_optimizer(torch.nn.Linear(3, 2), old.train)
-    build_scheduler(opt3, old.train, 5, start_step=10)
-    assert opt3.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-
-
-def test_a_resume_settles_what_a_kill_left_half_done(tmp_path):
-    """Killed between last.pt and best.pt of the best epoch: the resume rebuilds best.pt from last.pt's
-    weights, drops temp files and rewrites epochs.jsonl from last.pt's history."""
-    from longtail.checkpoint import remove_partial_writes, save_atomic
-    from longtail.engine import Progress, _settle_killed_run
-
-    (tmp_path / "checkpoints").mkdir()
-    best = tmp_path / "checkpoints" / "best.pt"
-    payload = {"model": {"w": torch.ones(2)}, "config": {}, "num_classes": 2, "in_channels": 1,
-               "class_counts": [2, 1], "mean": [0.5], "std": [0.5]}
-    save_atomic({**payload, "model": {"w": torch.zeros(2)}, "epoch": 1}, best)  # the previous best
-    (tmp_path / "checkpoints" / ".last.pt.abcd.tmp").write_bytes(b"half")
-    (tmp_path / "epochs.jsonl.tmp").write_text("{")
-    history = [{"epoch": 1, "val_top1": 10.0}, {"epoch": 2, "val_top1": 20.0}]
-    progress = Progress(epoch=2, best_score=20.0, best_epoch=2, history=history)
-    for directory in (tmp_path, tmp_path / "checkpoints"):
-        remove_partial_writes(directory)
-    _settle_killed_run(tmp_path, progress, best, lambda: {**payload, "epoch": 2, "val": 20.0})
-    rebuilt = load_checkpoint(best)
-    assert rebuilt["epoch"] == 2 and torch.equal(rebuilt["model"]["w"], torch.ones(2))
-    assert not list(tmp_path.rglob("*.tmp"))
-    assert [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()] == history
-    # best.pt already holds the best epoch: left alone
-    before = best.read_bytes()
-    _settle_killed_run(tmp_path, progress, best, lambda: pytest.fail("best.pt was rebuilt needlessly"))
-    assert best.read_bytes() == before
 
 
 def test_a_second_process_on_a_running_run_directory_is_refused(finished_run, capsys):

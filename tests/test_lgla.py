@@ -182,9 +182,21 @@ def test_expert_count_mismatch_is_reported():
 
 
 def test_loss_follows_the_module_to_another_dtype_and_back():
-    loss = LGLALoss(COUNTS, num_experts=3).double()
-    z = logits_with_true_cosines([[1.0, 0.0, 0.5, -0.5]] * 3).double()
-    assert torch.isfinite(loss(z, LABELS))
+    loss = LGLALoss(COUNTS, num_experts=3)
+    z = logits_with_true_cosines([[1.0, 0.0, 0.5, -0.5], [0.0, 1.0, 0.5, 0.5], [0.5, 0.5, -0.5, 0.5]])
+    reference = loss(z, LABELS)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    assert {"prior", "local_priors", "adjustments", "subset_of_class"} <= set(before)
+    loss.double()
+    for key, value in loss.state_dict().items():  # float tables follow the module; class indices stay integers
+        assert value.dtype == (torch.float64 if before[key].is_floating_point() else before[key].dtype), key
+    in_double = loss(z.double(), LABELS)
+    assert in_double.dtype == torch.float64 and float(in_double) == pytest.approx(float(reference), rel=1e-5)
+    loss.float()  # and back: the same tables, bit for bit, and the same float32 loss
+    for key, value in loss.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+    again = loss(z, LABELS)
+    assert again.dtype == torch.float32 and torch.equal(again, reference)
 
 
 # ----------------------------------------------------------------------------- config wiring

@@ -218,9 +218,15 @@ def test_gala_statistics_need_no_autograd():
 
 
 def test_bagmar_is_gala_with_unit_lambdas():
-    bag, gala = BaGMarLoss(3), GALALoss(3, 1.0, 1.0)
-    for z, y in (STEP1, STEP2):
-        assert bag(torch.tensor(z), torch.tensor(y)).item() == pytest.approx(gala(torch.tensor(z), torch.tensor(y)).item())
+    # against the literal accumulators of the released code at lambda1 = lambda2 = 1, not against GALALoss
+    bag = create_loss(LossConfig(name="bagmar"), [3, 2, 1])
+    assert isinstance(bag, BaGMarLoss)
+    values = [bag(torch.tensor(z, dtype=torch.float64), torch.tensor(y)).item() for z, y in (STEP1, STEP2)]
+    theta, phi, ref_losses = _reference_gala([STEP1, STEP2], 3, 1.0, 1.0)
+    assert values == pytest.approx(ref_losses, abs=1e-9)
+    assert bag.theta.tolist() == pytest.approx(theta, abs=1e-12) and bag.phi.tolist() == pytest.approx(phi, abs=1e-12)
+    # the second step's loss depends on lambda1 (the statistics are non-zero by then): 1.2 would differ
+    assert ref_losses[1] != pytest.approx(_reference_gala([STEP1, STEP2], 3, 1.2, 1.0)[2][1], abs=1e-3)
     with pytest.raises(LongtailError, match="lambda1 = lambda2 = 1"):
         create_loss(LossConfig(name="bagmar", lambda1=1.2), [3, 2, 1])
     with pytest.raises(LongtailError, match="variant"):

@@ -159,13 +159,26 @@ def test_evaluate_la_at_tau_0_is_raw_and_the_prior_can_be_overridden(run_dir, ca
 
 
 def test_tune_on_validation_writes_the_curve_and_test_metrics(run_dir, capsys):
-    code, out, _ = _cli(capsys, "tune", run_dir, "--posthoc", "la", "--grid", "0:1:0.5")
+    code, out, _ = _cli(capsys, "tune", run_dir, "--posthoc", "la", "--grid", "0:3:0.5")
     assert code == 0 and "TUNED ON TEST" not in out
     result = json.loads((run_dir / "tune_la.json").read_text())
-    assert result["posthoc"] == "la" and result["on"] == "val" and result["grid"] == [0.0, 0.5, 1.0]
-    assert [row["tau"] for row in result["curve"]] == [0.0, 0.5, 1.0]
+    assert result["posthoc"] == "la" and result["on"] == "val" and result["grid"] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert [row["tau"] for row in result["curve"]] == result["grid"]
     assert {"top1", "many", "medium", "few"} <= set(result["curve"][0])
-    assert result["tau"] in result["grid"]
+    # the curve, recomputed here from the model's stored validation logits: top-1 of argmax(z - tau log pi)
+    from longtail.evaluation import load_outputs
+
+    outputs = load_outputs(run_dir, splits=("val",))
+    val = outputs.split("val")
+    log_pi = torch.log(torch.tensor(outputs.class_counts, dtype=torch.float64))
+    log_pi -= torch.logsumexp(log_pi, 0)
+    recomputed = [100 * float(((val["logits"] - tau * log_pi.float()).argmax(1) == val["labels"]).double().mean())
+                  for tau in result["grid"]]
+    assert [row["top1"] for row in result["curve"]] == pytest.approx(recomputed, abs=1e-9)
+    assert len(set(recomputed)) > 1, "a flat curve cannot show that the best tau was chosen"
+    # tau is the best point of the curve (ties: the tau closest to 1)
+    best = max(recomputed)
+    assert result["tau"] == min((t for t, v in zip(result["grid"], recomputed) if v == best), key=lambda t: abs(t - 1))
     # test metrics at the chosen tau are what `evaluate` gives at that tau
     _cli(capsys, "evaluate", run_dir, "--posthoc", "la", "--tau", result["tau"], "--save")
     assert json.loads((run_dir / "eval_la.json").read_text())["top1"] == pytest.approx(result["test"]["top1"])

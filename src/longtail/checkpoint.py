@@ -37,15 +37,23 @@ REQUIRED: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "mean": ("a list of numbers", lambda v: isinstance(v, list) and all(_IS_NUMBER(c) for c in v)),
     "std": ("a list of numbers", lambda v: isinstance(v, list) and all(_IS_NUMBER(c) for c in v)),
 }
+
+
+def _is_launch_list(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(x, dict) and set(x) == {"start_epoch", "epochs"} and all(_IS_INT(n) for n in x.values()) for x in v)
+
+
 # What resuming training needs on top (last.pt).
 TRAINING_STATE: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "optimizer": ("a dict", lambda v: isinstance(v, dict)),
     "scheduler": ("a dict", lambda v: isinstance(v, dict)),
     "loss": ("a dict of tensors", lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
-    "progress": ("a dict with epoch, best_score, best_epoch, history", lambda v: (
-        isinstance(v, dict) and set(v) == {"epoch", "best_score", "best_epoch", "history"} and _IS_INT(v["epoch"])
-        and v["epoch"] >= 0 and _IS_INT(v["best_epoch"]) and _IS_NUMBER(v["best_score"])
+    "progress": ("a dict with epoch, best_score, best_epoch, history (and launches)", lambda v: (
+        isinstance(v, dict) and set(v) - {"launches"} == {"epoch", "best_score", "best_epoch", "history"}
+        and _IS_INT(v["epoch"]) and v["epoch"] >= 0 and _IS_INT(v["best_epoch"]) and _IS_NUMBER(v["best_score"])
         and isinstance(v["history"], list) and all(isinstance(r, dict) for r in v["history"])
+        and _is_launch_list(v.get("launches", []))  # absent from checkpoints written before launches were kept
     )),
 }
 

@@ -62,6 +62,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
         write_json_atomic(out, metrics)
         print(f"wrote {out}")
+    if args.json:
+        write_json_atomic(Path(args.json), metrics)
 
 
 def _evaluate_target_prior(args: argparse.Namespace) -> None:
@@ -81,6 +83,8 @@ def _evaluate_target_prior(args: argparse.Namespace) -> None:
         out = run_directory(args.run) / "eval_target_prior.json"
         write_json_atomic(out, metrics)
         print(f"wrote {out}")
+    if args.json:
+        write_json_atomic(Path(args.json), metrics)
 
 
 def _shift(args: argparse.Namespace) -> None:
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--target-prior", metavar="SPEC", help="resample the test split to this class prior (uniform, "
                           "forward-IF, backward-IF or a file of per-class weights) and correct the predictions to it")
     evaluate.add_argument("--save", action="store_true", help="write eval_<posthoc>.json (eval_target_prior.json) into the run directory")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the metrics (the keys of metrics.json) to FILE")
     evaluate.set_defaults(func=_evaluate)
 
     shift = commands.add_parser("shift", help="accuracy under other test class priors, with label-shift corrections; writes shift.json")

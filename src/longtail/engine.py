@@ -124,6 +124,10 @@ class Progress:
     best_score: float = -math.inf
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    # one entry per launch of `train`: {"start_epoch": epochs done when it started, "epochs": epochs it trained},
+    # so a resumed run shows where it resumed and that it retrained nothing (a launch killed before its
+    # first checkpoint leaves no entry; metrics.json gets the list)
+    launches: list[dict[str, int]] = field(default_factory=list)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -281,6 +285,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     score_key = selection.score_key(cfg, bundle.val is not None)
     if selection.selects_on_test(cfg):
         log(selection.WARNING)
+    progress.launches.append({"start_epoch": progress.epoch, "epochs": 0})
     for epoch in range(progress.epoch, cfg.train.epochs):
         _seed_epoch(cfg.seed, epoch)
         criterion.set_epoch(epoch)
@@ -304,6 +309,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
             progress.best_score, progress.best_epoch = score, epoch + 1
         progress.epoch = epoch + 1
         progress.history.append(row)
+        progress.launches[-1]["epochs"] += 1
         if runtime.is_main:
             # Order matters for a kill at any line: TensorBoard first (a resume purges events past last.pt),
             # then last.pt, the epoch's commit point (no RNG state in it: every epoch reseeds from (seed, epoch)),
@@ -344,7 +350,8 @@ def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Op
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
                     raise LongtailError(f"the optimizer state '{name}' in '{path}' has shape {tuple(value.shape)} where the model has {tuple(p.shape)}; the checkpoint is damaged")
     load_state(criterion, ckpt["loss"], "loss", path)
-    return Progress(**{**ckpt["progress"], "history": list(ckpt["progress"]["history"])})
+    saved = ckpt["progress"]
+    return Progress(**{**saved, "history": list(saved["history"]), "launches": [dict(x) for x in saved.get("launches", [])]})
 
 
 def _settle_killed_run(run_dir: Path, progress: Progress, best_path: Path, best_payload) -> None:
@@ -420,6 +427,7 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
         **selection.protocol_fields(cfg),
     })
     metrics = with_class_names(metrics, bundle.names())
+    metrics["launches"] = progress.launches
     if runtime.is_main:
         write_json_atomic(run_dir / "metrics.json", metrics)
         title = f"{selection.tag(cfg)}test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"

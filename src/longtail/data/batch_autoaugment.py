@@ -89,12 +89,16 @@ class BatchAutoAugment:
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Per-image variant ids, (n, 2) int64 on the CPU; -1 where the operation is not applied."""
+        return self.draw_with_subpolicies(n, generator)[1]
+
+    def draw_with_subpolicies(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the sub-policy index each image drew, (n,); its variant ids, as `draw` returns them)."""
         policy = torch.randint(self.num_subpolicies, (n,), generator=generator)
         # float64 uniforms so u <= p compares against the policy's probabilities exactly as written
         applied = torch.rand(n, 2, generator=generator, dtype=torch.float64) <= self.prob[policy]
         negated = torch.rand(n, 2, generator=generator) <= 0.5
         chosen = torch.where(negated, self.minus[policy], self.plus[policy])
-        return torch.where(applied, chosen, torch.full_like(chosen, -1))
+        return policy, torch.where(applied, chosen, torch.full_like(chosen, -1))
 
     def __call__(self, x: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
         """Each image of `x` (uint8, on any device) with its drawn operations applied, as a new tensor.
