@@ -1,7 +1,8 @@
 """Finding and reading run directories.
 
 A run directory holds config.yaml and metrics.json (written by `longtail train`), optionally
-tune_<posthoc>.json files (`longtail tune`) and epochs.jsonl (one JSON object per epoch).
+tune_<posthoc>.json files (`longtail tune`), eval_<posthoc>.json files (`longtail evaluate --posthoc
+... --save`; those of the test split are read) and epochs.jsonl (one JSON object per epoch).
 Nothing else is read: no checkpoints, no TensorBoard files.
 """
 
@@ -27,6 +28,7 @@ class Run:
     metrics: dict[str, Any]
     tunes: dict[str, dict] = field(default_factory=dict)  # posthoc name -> tune_<name>.json
     epochs: list[dict] = field(default_factory=list)
+    evals: dict[str, dict] = field(default_factory=dict)  # posthoc name -> eval_<name>.json on the test split
 
 
 def is_run_dir(path: Path) -> bool:
@@ -82,7 +84,12 @@ def read_run(path: Path) -> Run:
     for file in sorted(path.glob("tune_*.json")):
         tune = _read_json(file)
         tunes[tune.get("posthoc", file.stem[len("tune_"):])] = tune
-    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"))
+    evals = {}
+    for file in sorted(path.glob("eval_*.json")):
+        saved = _read_json(file)
+        if saved.get("split", "test") == "test" and isinstance(saved.get("posthoc"), dict):
+            evals[saved["posthoc"].get("name", file.stem[len("eval_"):])] = saved
+    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"), evals)
 
 
 @functools.cache
