@@ -114,6 +114,10 @@ def test_cli_reports_a_bad_sweep_file_as_one_line(tmp_path, capsys):
     assert main(["sweep", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("longtail: error:") and "did you mean 'seed'" in err and len(err.splitlines()) == 1
+    good = write_sweep(tmp_path, {"base": CE, "out": "r"}, "good.yaml")
+    assert main(["sweep", str(good), "--partition", "gpu"]) == 2  # a Slurm option without Slurm is a mistake
+    assert "--partition applies to --executor slurm only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_lists_done_partial_and_to_do(tmp_path, capsys):

@@ -82,6 +82,9 @@ def _sweep(args: argparse.Namespace) -> int:
         dry_run(sweep)
         return 0
     slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus, "mem": args.mem}
+    given = [f"--{k}" for k, v in slurm.items() if v is not None]
+    if given and args.executor != "slurm":
+        raise LongtailError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --executor slurm only")
     summary = run_sweep(sweep, args.executor, args.jobs, slurm)
     return 1 if summary.failed else 0
 

@@ -52,8 +52,8 @@ def thread_share(cores: int, jobs: int) -> int:
 
 
 def _ignore_preemption() -> None:
-    # Under Slurm the scheduler signals every process of the job step; the training must keep going
-    # until the submitit process (which got the same signal) stops it and requeues the job.
+    # Slurm may signal every process of the job step (depending on its proctrack plugin and on why the job
+    # ends); the training must keep going until the submitit process stops it and requeues the job.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
