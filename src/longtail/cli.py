@@ -140,9 +140,25 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, help="strength of the correction (default: the run's eval.tau)")
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import dry_run, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)  # the file and every run's config are checked before anything starts
+    if args.dry_run:
+        dry_run(sweep)
+        return 0
+    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus, "mem": args.mem}
+    given = [f"--{k}" for k, v in slurm.items() if v is not None]
+    if given and args.executor != "slurm":
+        raise LongtailError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --executor slurm only")
+    summary = run_sweep(sweep, args.executor, args.jobs, slurm)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads for this command (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
@@ -229,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="take the log target prior as a second input 'log_prior' (C,), added to the scores")
     _rule_options(export)
     export.set_defaults(func=_export)
+
+    sweep = commands.add_parser("sweep", help="run a grid of trainings (and post-hoc steps) from a sweep file")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file (base, overrides, axes, out, variants, slurm)")
+    sweep.add_argument("--executor", choices=["local", "slurm"], default="local", help="this machine (default) or a Slurm cluster")
+    sweep.add_argument("--jobs", type=int, metavar="N", help="runs at once (local: default 1, each with cores/N threads; "
+                       "slurm: array tasks at once, default no limit)")
+    sweep.add_argument("--dry-run", action="store_true", help="list every run and step as done, partial or to do; run nothing")
+    for flag, kind, text in (("--partition", str, "Slurm partition"), ("--time", str, "time limit per job: minutes or H:MM:SS"),
+                             ("--gpus", int, "GPUs per job"), ("--cpus", int, "CPUs per job (also its torch threads)"),
+                             ("--mem", str, "memory per job, e.g. 32G")):
+        sweep.add_argument(flag, type=kind, help=f"{text} (default: the sweep file's slurm: section)")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 
@@ -243,6 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise LongtailError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         status = args.func(args)
     except LongtailError as exc:
         if args.debug:
@@ -252,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
         return 130
-    return status or 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

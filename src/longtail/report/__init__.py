@@ -5,7 +5,7 @@ many / medium / few) and figures, as markdown, CSV, PNG and one HTML page.
     >>> from longtail.report import results_table
     >>> results_table(["runs"])                  # a pandas DataFrame of the top-1 table
 
-Only config.yaml, metrics.json, tune_*.json and epochs.jsonl are read.
+Only config.yaml, metrics.json, tune_*.json, eval_*.json (test split) and epochs.jsonl are read.
 """
 
 from __future__ import annotations

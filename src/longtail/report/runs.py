@@ -1,7 +1,8 @@
 """Finding and reading run directories.
 
 A run directory holds config.yaml and metrics.json (written by `longtail train`), optionally
-tune_<posthoc>.json files (`longtail tune`), shift.json (`longtail shift`) and epochs.jsonl (one JSON
+tune_<posthoc>.json files (`longtail tune`), eval_<posthoc>.json files (`longtail evaluate --posthoc
+... --save`; those of the test split are read), shift.json (`longtail shift`) and epochs.jsonl (one JSON
 object per epoch).
 Nothing else is read: no checkpoints, no TensorBoard files.
 """
@@ -29,6 +30,7 @@ class Run:
     tunes: dict[str, dict] = field(default_factory=dict)  # posthoc name -> tune_<name>.json
     epochs: list[dict] = field(default_factory=list)
     shift: Optional[dict[str, Any]] = None  # shift.json (`longtail shift`)
+    evals: dict[str, dict] = field(default_factory=dict)  # posthoc name -> eval_<name>.json on the test split
 
 
 def is_run_dir(path: Path) -> bool:
@@ -87,7 +89,12 @@ def read_run(path: Path) -> Run:
     shift = _read_json(path / "shift.json") if (path / "shift.json").is_file() else None
     if shift is not None and not (isinstance(shift.get("rows"), list) and isinstance(shift.get("calibration"), dict)):
         raise LongtailError(f"'{path / 'shift.json'}' has no 'rows' and 'calibration'; re-run `longtail shift`")
-    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"), shift)
+    evals = {}
+    for file in sorted(path.glob("eval_*.json")):
+        saved = _read_json(file)
+        if saved.get("split", "test") == "test" and isinstance(saved.get("posthoc"), dict):
+            evals[saved["posthoc"].get("name", file.stem[len("eval_"):])] = saved
+    return Run(path, config, metrics, tunes, _read_jsonl(path / "epochs.jsonl"), shift, evals)
 
 
 @functools.cache

@@ -128,6 +128,11 @@ def entries(run: Run) -> list[Entry]:
         found = [Entry(run, f"{base} + {_display('eval.posthoc', posthoc)} (τ={tau:g})", metrics, 1)]
     else:
         found = [Entry(run, base, metrics)]
+    for name, saved in run.evals.items():  # `longtail evaluate --posthoc NAME --save` on this run's checkpoint
+        block = saved["posthoc"]
+        other_prior = name == "la" and block.get("prior_counts") not in (None, saved.get("class_counts"))
+        label = f"{_display('eval.posthoc', name)} (τ={block.get('tau', 1.0):g}{', other prior' if other_prior else ''})"
+        found.append(Entry(run, f"{base} + {label}", saved, 1))
     for name, tune in run.tunes.items():
         on = tune.get("on", "val")
         if not isinstance(tune.get("test"), dict):
