@@ -15,7 +15,7 @@ CIFAR-100-LT at imbalance factor 100 (10847 images), measure training images/s o
 Each is timed over a fixed number of steps after a warm-up on the same iterator; every measurement is
 repeated over interleaved rounds and the best round is kept (the machine may be shared). The last line is
 `speedup_vs_reference=<c/a> fraction_of_ceiling=<c/e>`. `--set train.compile=true` adds torch.compile
-to (b)-(e); the compile time is spent in the untimed warm-up and printed.
+to (b)-(e); its compile time falls in the untimed warm-up, so the rates are steady-state ones.
 
   python benchmarks/throughput.py --quick                 # CPU, a few minutes at most
   python benchmarks/throughput.py --device cuda           # whole epochs, bf16 autocast etc. as in `longtail train`

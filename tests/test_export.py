@@ -15,6 +15,7 @@ import torch
 
 from deploy_runs import evaluate_scores, normalised, split_images, train_tiny
 from longtail.cli import main
+from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.errors import LongtailError
 from longtail.export import INSTALL_HINT, export_run
 
@@ -113,7 +114,7 @@ def test_multi_expert_models_export_their_ensemble(runs, tmp_path, fmt):
 def test_metadata_states_classes_and_preprocessing(runs, tmp_path):
     proto = onnx.load(str(export(runs["single"], "onnx", tmp_path / "m.onnx")))
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
-    assert meta["class_names"] == [str(i) for i in range(10)]
+    assert meta["class_names"] == FMNIST_NAMES  # the checkpoint's class names (Fashion-MNIST's own)
     assert meta["input"]["mean"] == pytest.approx([0.2860]) and meta["input"]["std"] == pytest.approx([0.3530])
     assert meta["input"]["shape"] == ["batch", 1, 28, 28] and meta["input"]["color"] == "L"
     assert meta["output"]["name"] == "scores" and meta["prior_input"] is None

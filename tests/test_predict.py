@@ -15,6 +15,7 @@ from deploy_runs import evaluate_scores, split_images, train_tiny
 from longtail.checkpoint import load_checkpoint, save_atomic
 from longtail.cli import main
 from longtail.config import load_config
+from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.data.transforms import image_eval_transform
 from longtail.deployment import preprocessing
 
@@ -55,7 +56,7 @@ def test_predictions_match_evaluate_on_the_test_split(run, tmp_path, capsys):
     assert [r["class_index"] for r in rows] == scores.argmax(1).tolist()
     got = torch.tensor([[t["probability"] for t in r["top_k"]] for r in rows])
     assert (got - probs.topk(3, dim=1).values).abs().max() < 1e-5
-    assert all(r["error"] is None and r["class_name"] == str(r["class_index"]) for r in rows)
+    assert all(r["error"] is None and r["class_name"] == FMNIST_NAMES[r["class_index"]] for r in rows)
     assert result["rule"]["name"] == "la" and result["summary"] == {"images": count, "predicted": count, "unreadable": 0}
 
 
@@ -89,7 +90,7 @@ def test_target_prior_file_adds_its_log(run, tmp_path, capsys):
     assert [int(r["class_index"]) for r in rows] == shifted.argmax(1).tolist()
     assert np.allclose([float(r["probability"]) for r in rows], shifted.softmax(1).max(1).values.numpy(), atol=1e-5)
     # the same prior as a JSON object by class name
-    (tmp_path / "prior.json").write_text(json.dumps({str(c): float(w) for c, w in enumerate(weights)}))
+    (tmp_path / "prior.json").write_text(json.dumps({FMNIST_NAMES[c]: float(w) for c, w in enumerate(weights)}))
     assert predict(capsys, run_dir, folder, "--target-prior", tmp_path / "prior.json", "--out", tmp_path / "q.csv")[0] == 0
     assert (tmp_path / "q.csv").read_text() == (tmp_path / "p.csv").read_text()
     for text, message in (("1 2 3", "has 3 weights but the model has 10 classes"), ("1 " * 9 + "0", "positive"),
