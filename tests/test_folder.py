@@ -196,16 +196,19 @@ def walkthrough_commands() -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_readme_walkthrough_inspect_train_evaluate(tree, tmp_path, cli):
-    """The README's commands on a generated tree (40/20/10/5 images), made tiny by overrides."""
+def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, cli):
+    """The README's commands on a generated tree (40/20/10/5 images), made tiny by overrides; predict reads
+    the cat folder as the new photos, and export writes into the test's folder."""
     commands = walkthrough_commands()
     assert [c[0] for c in commands] == ["inspect", "train", "predict", "export"]
+    paths = {"dataset.root=photos": f"dataset.root={tree}", "runs/": f"{tmp_path}/runs/", "new_photos/": str(tree / "cat"),
+             "preds.csv": str(tmp_path / "preds.csv"), "photos.onnx": str(tmp_path / "photos.onnx")}
     outputs = {}
     for args in commands:
-        if args[0] in ("predict", "export"):
-            continue  # the deploy branch's commands; run once it is merged
-        args = [a.replace("dataset.root=photos", f"dataset.root={tree}").replace("runs/", f"{tmp_path}/runs/") for a in args]
-        outputs[args[0]] = cli(*args, *SPLIT[1:], *(TINY if args[0] == "train" else []))
+        for old, new in paths.items():
+            args = [a.replace(old, new) for a in args]
+        overrides = [*SPLIT[1:], *(TINY if args[0] == "train" else [])] if args[0] in ("inspect", "train") else []
+        outputs[args[0]] = cli(*args, *overrides)
     run, inspected = tmp_path / "runs" / "photos", tmp_path / "runs" / "photos-inspect"
 
     report = json.loads((inspected / "inspect.json").read_text())
@@ -227,6 +230,17 @@ def test_readme_walkthrough_inspect_train_evaluate(tree, tmp_path, cli):
     cli("evaluate", str(run), "--posthoc", "la", "--save")
     saved = json.loads((run / "eval_la.json").read_text())
     assert saved["per_class"] == metrics["per_class"] and saved["per_class_named"] == metrics["per_class_named"]
+
+    import csv
+
+    with open(tmp_path / "preds.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 35 and all(r["class_name"] in NAMES and not r["error"] for r in rows)  # every cat photo
+    assert "predicted 35 of 35 images" in outputs["predict"].stdout
+    import onnx
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "photos.onnx")).metadata_props}
+    assert meta["class_names"] == NAMES
 
 
 def test_an_unreadable_training_image_stops_the_run_with_its_path(tmp_path):

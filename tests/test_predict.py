@@ -98,8 +98,8 @@ def test_target_prior_file_adds_its_log(run, tmp_path, capsys):
         (tmp_path / "bad.txt").write_text(text)
         code, _, err = predict(capsys, run_dir, folder, "--target-prior", tmp_path / "bad.txt")
         assert code == 2 and message in err and err.count("\n") == 1
-    code, _, err = predict(capsys, run_dir, folder, "--target-prior", "forward-50")
-    assert code == 2 and "is not a file" in err
+    code, _, err = predict(capsys, run_dir, folder, "--target-prior", "no_such_prior.txt")
+    assert code == 2 and "neither a file nor a prior spec" in err
 
 
 def test_unreadable_images_are_listed_and_the_rest_predicted(run, tmp_path, capsys):
@@ -194,3 +194,17 @@ def test_image_list_runs_use_their_evaluation_transform(tmp_path):
     assert loaded.shape == (3, 50, 70) and torch.equal(loaded[0], loaded[2])
     expected = image_eval_transform(32, tuple(mean), tuple(std))(loaded)  # Resize(37) + CenterCrop(32)
     assert prep.resize == 37 and torch.equal(prep(loaded), expected)
+
+
+def test_a_label_shift_spec_is_its_exponential_profile(run, tmp_path, capsys):
+    """backward-10 over 10 classes in training order (class 0 most frequent): q_c = 10^(-(9 - c)/9) / Z."""
+    run_dir, folder, _ = run
+    assert predict(capsys, run_dir, folder, "--target-prior", "backward-10", "--out", tmp_path / "b.csv")[0] == 0
+    with open(tmp_path / "b.csv", newline="") as f:
+        rows = by_index(list(csv.DictReader(f)))
+    weights = np.array([10.0 ** (-(9 - c) / 9) for c in range(10)])
+    shifted = evaluate_scores(run_dir, "la") + torch.log(torch.tensor(weights / weights.sum(), dtype=torch.float32))
+    assert [int(r["class_index"]) for r in rows] == shifted.argmax(1).tolist()
+    assert np.allclose([float(r["probability"]) for r in rows], shifted.softmax(1).max(1).values.numpy(), atol=1e-5)
+    code, _, err = predict(capsys, run_dir, folder, "--target-prior", "sideways-3", "--out", tmp_path / "c.csv")
+    assert code == 2 and "neither a file nor a prior spec" in err

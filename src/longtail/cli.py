@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="preds.csv or preds.json (default: CSV on stdout)")
     predict.add_argument("--top-k", type=int, help="classes listed per image (default: 5, or C when smaller)")
     _rule_options(predict)
-    predict.add_argument("--target-prior", metavar="FILE", help="per-class weights of the target class prior "
-                         "(numbers in class order, or a JSON list or {class name: weight}); adds log q to the scores")
+    predict.add_argument("--target-prior", metavar="SPEC", help="the target class prior q: uniform, forward-IF, backward-IF, "
+                         "or a file of per-class weights (numbers in class order, or a JSON list or {class name: weight}); "
+                         "adds log q to the scores")
     predict.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval.batch_size)")
     predict.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in this process)")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

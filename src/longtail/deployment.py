@@ -229,17 +229,19 @@ def load_deployment(run: str | Path, overrides: Sequence[str] = (), posthoc: Opt
 # ----------------------------------------------------------------------------- target priors
 
 
-def read_target_prior(spec: str, names: Sequence[str]) -> torch.Tensor:
+def read_target_prior(spec: str, names: Sequence[str], train_counts: Sequence[int]) -> torch.Tensor:
     """log q for a target class prior q given as a FILE of per-class weights (normalised here): plain
     text, numbers separated by commas, spaces or newlines in class-index order; or JSON, a list of
-    numbers or an object {class name: weight} naming every class.
-
-    Label-shift specs such as 'forward-50' (longtail.shift) plug in here: a spec that is not a file
-    is the place to hand over to that module once it exists."""
+    numbers or an object {class name: weight} naming every class. A label-shift spec (`uniform`,
+    `forward-IF`, `backward-IF`: longtail.shift) stands for its exponential profile over the training order."""
     path = Path(spec)
     if not path.is_file():
-        raise LongtailError(f"--target-prior '{spec}' is not a file; give a file of {len(names)} per-class weights "
-                            "(numbers in class-index order, or a JSON list or {class name: weight} object)")
+        from .shift import SPEC_HELP, parse_prior, profile_prior
+
+        if spec.strip() == "uniform" or spec.strip().startswith(("forward-", "backward-")):
+            return torch.tensor(profile_prior(parse_prior(spec), train_counts), dtype=torch.float64).log().float()
+        raise LongtailError(f"--target-prior '{spec}' is neither a file nor a prior spec; give {SPEC_HELP} "
+                            f"({len(names)} weights: numbers in class-index order, or a JSON list or {{class name: weight}} object)")
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":

@@ -193,7 +193,8 @@ def predict_paths(
         raise LongtailError(f"--top-k {k} must be between 1 and the model's {num_classes} classes")
     rule = deployment.rule
     if target_prior is not None:
-        rule.log_prior, rule.prior_source = read_target_prior(target_prior, deployment.class_names), target_prior
+        rule.log_prior, rule.prior_source = read_target_prior(target_prior, deployment.class_names,
+                                                                     deployment.ckpt["class_counts"]), target_prior
     model = prepare_model(deployment.model, deployment.cfg, device)
     runtime = Runtime(device)
 

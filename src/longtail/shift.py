@@ -95,6 +95,25 @@ def _read_weights(path: Path) -> list[float]:
     return values
 
 
+def profile_prior(prior: TestPrior, train_counts: Sequence[int]) -> list[float]:
+    """The class prior a uniform / forward-IF / backward-IF spec stands for (label order, sums to 1): the
+    exponential profile IF^(-rank / (C - 1)) over the classes in training order (most frequent first), or
+    reversed. What `target_counts` subsamples a test split towards, without the rounding to whole images."""
+    num_classes = len(train_counts)
+    if prior.kind == "uniform" or num_classes == 1:
+        return [1.0 / num_classes] * num_classes
+    if prior.kind not in ("forward", "backward"):
+        raise LongtailError(f"test prior '{prior.spec}' is a file, not a profile; read its weights instead")
+    order = sorted(range(num_classes), key=lambda c: -train_counts[c])
+    if prior.kind == "backward":
+        order = order[::-1]
+    weights = [0.0] * num_classes
+    for rank, cls in enumerate(order):
+        weights[cls] = prior.factor ** (-rank / (num_classes - 1))
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def target_counts(prior: TestPrior, available: Sequence[int], train_counts: Sequence[int]) -> list[int]:
     """Test images to keep per class (label order). available: the test split's images per class."""
     num_classes = len(available)
