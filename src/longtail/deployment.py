@@ -174,7 +174,7 @@ def validation_mass(cfg: Config, ckpt: dict, ckpt_path: Path) -> torch.Tensor:
 
     if cfg.eval.pn_mass != "val":
         raise LongtailError(
-            f"the run's pn uses a transductive class mass (of the evaluated set), which single images do not have; "
+            "the run's pn uses a transductive class mass (of the evaluated set), which single images do not have; "
             "pass eval.pn_mass=val to estimate it on the validation split, or use --posthoc la"
         )
     try:

@@ -13,10 +13,9 @@ the official sets' sizes); list and folder datasets are read as lists (each list
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
