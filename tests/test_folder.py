@@ -235,8 +235,8 @@ def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, cli):
 
     with open(tmp_path / "preds.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 35 and all(r["class_name"] in NAMES and not r["error"] for r in rows)  # every cat photo
-    assert "predicted 35 of 35 images" in outputs["predict"].stdout
+    assert len(rows) == 40 and all(r["class_name"] in NAMES and not r["error"] for r in rows)  # every cat photo (40)
+    assert "predicted 40 of 40 images" in outputs["predict"].stdout
     import onnx
 
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "photos.onnx")).metadata_props}
