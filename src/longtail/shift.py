@@ -95,6 +95,13 @@ def _read_weights(path: Path) -> list[float]:
     return values
 
 
+def profile_order(prior: TestPrior, train_counts: Sequence[int]) -> list[int]:
+    """Classes by profile rank: the training order (most frequent training class first, stable) for
+    forward-IF, reversed for backward-IF."""
+    order = sorted(range(len(train_counts)), key=lambda c: -train_counts[c])
+    return order[::-1] if prior.kind == "backward" else order
+
+
 def profile_prior(prior: TestPrior, train_counts: Sequence[int]) -> list[float]:
     """The class prior a uniform / forward-IF / backward-IF spec stands for (label order, sums to 1): the
     exponential profile IF^(-rank / (C - 1)) over the classes in training order (most frequent first), or
@@ -104,11 +111,8 @@ def profile_prior(prior: TestPrior, train_counts: Sequence[int]) -> list[float]:
         return [1.0 / num_classes] * num_classes
     if prior.kind not in ("forward", "backward"):
         raise LongtailError(f"test prior '{prior.spec}' is a file, not a profile; read its weights instead")
-    order = sorted(range(num_classes), key=lambda c: -train_counts[c])
-    if prior.kind == "backward":
-        order = order[::-1]
     weights = [0.0] * num_classes
-    for rank, cls in enumerate(order):
+    for rank, cls in enumerate(profile_order(prior, train_counts)):
         weights[cls] = prior.factor ** (-rank / (num_classes - 1))
     total = sum(weights)
     return [w / total for w in weights]
@@ -131,12 +135,8 @@ def target_counts(prior: TestPrior, available: Sequence[int], train_counts: Sequ
         raise LongtailError(f"test prior '{prior.spec}' needs at least {prior.factor:g} test images in every class; "
                             f"the test split has {n_max}; use an imbalance factor <= {n_max}")
     profile = long_tailed_counts(n_max, num_classes, prior.factor, "exp")
-    # training order: the most frequent training class first (label order for the exp profile)
-    order = sorted(range(num_classes), key=lambda c: -train_counts[c])
-    if prior.kind == "backward":
-        order = order[::-1]
     counts = [0] * num_classes
-    for rank, cls in enumerate(order):
+    for rank, cls in enumerate(profile_order(prior, train_counts)):
         counts[cls] = profile[rank]
     return counts
 
