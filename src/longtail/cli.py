@@ -56,7 +56,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     if not launched_as_main():  # under torchrun every process evaluated its shard; rank 0 reports
         return
-    tag = "[SELECTED ON TEST] " if metrics.get("selected_on_test") else ""
+    from .selection import SELECTED_ON_TEST
+
+    tag = f"[{SELECTED_ON_TEST}] " if metrics.get("selected_on_test") else ""
     print(format_configured(metrics, f"{tag}{metrics['split']} metrics of {metrics['checkpoint_path']}"))
     if args.save:
         out = run_directory(args.run) / f"eval_{posthoc}.json"
