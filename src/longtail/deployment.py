@@ -35,23 +35,12 @@ from torch import nn
 
 from .config import Config
 from .errors import LongtailError, one_line
+from .metrics import class_names_of
 from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
 
 # Image size of the in-memory datasets (their checkpoints do not store it).
 IN_MEMORY_SIZES = {"fmnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}
 COLOR_MODES = {1: "L", 3: "RGB"}
-
-
-def class_names(ckpt: dict) -> list[str]:
-    """The checkpoint's class names, or "0" .. "C-1" for checkpoints saved without them."""
-    count = ckpt["num_classes"]
-    names = ckpt.get("class_names")
-    if names is None:
-        return [str(i) for i in range(count)]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != count:
-        size = len(names) if isinstance(names, list) else type(names).__name__
-        raise LongtailError(f"the checkpoint's class_names ({size}) do not name its {count} classes one string each; the checkpoint is damaged")
-    return names
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -219,7 +208,7 @@ def load_deployment(run: str | Path, overrides: Sequence[str] = (), posthoc: Opt
     from .evaluation import load_run, restore_model
 
     cfg, ckpt, ckpt_path = load_run(run, overrides)
-    names = class_names(ckpt)
+    names = class_names_of(ckpt)
     prep = preprocessing(cfg, ckpt)
     model = restore_model(cfg, ckpt, device or resolve_device(cfg.device)).eval()
     rule = configured_rule(cfg, ckpt, ckpt_path, model, posthoc, tau)

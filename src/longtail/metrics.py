@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import LongtailError
 from .shots import shot_groups
 
 
@@ -92,6 +93,13 @@ def with_class_names(metrics: dict, names: Sequence[str]) -> dict:
 
 
 def class_names_of(ckpt: dict) -> list[str]:
-    """The class names a checkpoint carries; the index strings for one written before names were kept."""
+    """The class names a checkpoint carries; the index strings for one written before names were kept.
+    Names that do not fit its class count are a damaged checkpoint, never silently replaced."""
+    count = ckpt["num_classes"]
     names = ckpt.get("class_names")
-    return list(names) if isinstance(names, list) and len(names) == ckpt["num_classes"] else [str(c) for c in range(ckpt["num_classes"])]
+    if names is None:
+        return [str(i) for i in range(count)]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != count:
+        size = len(names) if isinstance(names, list) else type(names).__name__
+        raise LongtailError(f"the checkpoint's class_names ({size}) do not name its {count} classes one string each; the checkpoint is damaged")
+    return list(names)
