@@ -5,16 +5,26 @@ VENV ?= .venv
 PY := $(if $(VENV),$(VENV)/bin/python,$(PYTHON))
 # config overrides for the demo's training, e.g. `make demo DEMO_ARGS="train.epochs=1"`
 DEMO_ARGS ?=
+# The PyTorch build is TORCH_SPEC (scripts/setup.sh); a changed TORCH_SPEC reinstalls torch on the next make,
+# e.g. the CPU build: make demo TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 
-.PHONY: setup demo test
+.PHONY: setup demo test docs
 
+# what the demo needs: torch, torchvision and longtail
 setup:
-	PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/setup.sh
+	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="" bash scripts/setup.sh
 
 # Train ResNet-32 on Fashion-MNIST-LT (IF 100) with cross-entropy, then compare its test metrics with
 # post-hoc logit adjustment of the same checkpoint.
 demo: setup
 	PY="$(PY)" VENV="$(VENV)" bash scripts/demo.sh $(DEMO_ARGS)
 
-test: setup
+# the demo's packages plus the test extras (pytest, hypothesis, onnxruntime, timm, submitit, mkdocs, ...)
+test:
+	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="test" bash scripts/setup.sh
 	$(PY) -m pytest
+
+# the documentation site from docs/ into site/ (open site/index.html)
+docs:
+	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="docs" bash scripts/setup.sh
+	$(PY) -m mkdocs build --strict

@@ -132,14 +132,17 @@ def make_n(*args: str) -> list[str]:
 
 @needs_make
 def test_make_targets_run_in_the_project_venv():
-    assert make_n("test") == ['PYTHON="python3" VENV=".venv" bash scripts/setup.sh', ".venv/bin/python -m pytest"]
+    assert make_n("test") == ['PYTHON="python3" VENV=".venv" EXTRAS="test" bash scripts/setup.sh', ".venv/bin/python -m pytest"]
     demo = make_n("demo", "PYTHON=/usr/bin/python3", "DEMO_ARGS=train.epochs=1 seed=3")
-    assert demo == ['PYTHON="/usr/bin/python3" VENV=".venv" bash scripts/setup.sh',
+    # the demo installs no extras: no test tools, no ONNX Runtime, no timm
+    assert demo == ['PYTHON="/usr/bin/python3" VENV=".venv" EXTRAS="" bash scripts/setup.sh',
                     'PY=".venv/bin/python" VENV=".venv" bash scripts/demo.sh train.epochs=1 seed=3']
+    assert make_n("docs") == ['PYTHON="python3" VENV=".venv" EXTRAS="docs" bash scripts/setup.sh',
+                              ".venv/bin/python -m mkdocs build --strict"]
 
 
 @needs_make
 def test_make_without_venv_runs_the_given_interpreter():
-    assert make_n("test", "VENV=") == ['PYTHON="python3" VENV="" bash scripts/setup.sh', "python3 -m pytest"]
+    assert make_n("test", "VENV=") == ['PYTHON="python3" VENV="" EXTRAS="test" bash scripts/setup.sh', "python3 -m pytest"]
     demo = make_n("demo", "VENV=", "PYTHON=/opt/py/bin/python3")
     assert demo[-1] == 'PY="/opt/py/bin/python3" VENV="" bash scripts/demo.sh'
