@@ -57,7 +57,7 @@ def cifar_dataset(name: str, imbalance: int) -> dict[str, Any]:
     }
 
 
-# GALA / BaGMar released code (methods.md): lr 0.05 whose warmup reaches 0.1 in epoch 2, then cosine
+# GALA / BaGMar released code (docs/reproducing.md): lr 0.05 whose warmup reaches 0.1 in epoch 2, then cosine
 # from there to 0; written here as the peak lr 0.1 with one warmup epoch starting at half of it.
 GALA_TRAIN = {
     "epochs": 200, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
@@ -73,14 +73,14 @@ MENON_TRAIN = {
 }
 
 # CPU-sized Fashion-MNIST-LT recipe: 20 epochs fill about 5 minutes of training on 2 cores with native bf16
-# (the demo's budget); the evidence for the choice is in benchmarks/results/fmnist_lt_recipe.md.
+# (the demo's budget); the evidence for the choice is in benchmarks/results/fmnist_lt_methods.md.
 FMNIST_TRAIN = {
     "epochs": 20, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
     "schedule": "cosine", "warmup_epochs": 1, "warmup_start_factor": 0.1,
 }
 
 # The released gala_imba100.yaml sets no lambda (1 / 1: BaGMar's config renamed) and gave the "GALA loss" column;
-# gala_pn_imba100.yaml sets 1.2 / 0.9 and gave the "GALA + PN" column (methods.md).
+# gala_pn_imba100.yaml sets 1.2 / 0.9 and gave the "GALA + PN" column (docs/reproducing.md).
 GALA_LOSS = {"name": "gala", "lambda1": 1.0, "lambda2": 1.0}
 GALA_PN_LOSS = {"name": "gala", "lambda1": 1.2, "lambda2": 0.9}
 PN = {"posthoc": "pn", "tau": 1.0}
@@ -136,9 +136,9 @@ def files() -> dict[Path, tuple[list[str], dict]]:
         for method, (title, note, loss, ev) in GALA_FAMILY.items():
             evaluation = {**ev, "pn_mass": "transductive"} if ev else None  # the released PN: there is no validation split
             header = [
-                f"{title} on CIFAR-100-LT, imbalance factor {imbalance} (seeds 000/001: {method}_imba{imbalance}).",
+                f"{title} on CIFAR-100-LT, imbalance factor {imbalance} (the released GALA/BaGMar config {method}_imba{imbalance}.yaml).",
                 *([note.format(imbalance=imbalance)] if note else []),
-                "Recipe of the released GALA/BaGMar code (methods.md): ResNet-32, 200 epochs, batch 64, SGD momentum 0.9, "
+                "Recipe of the released GALA/BaGMar code (docs/reproducing.md): ResNet-32, 200 epochs, batch 64, SGD momentum 0.9, "
                 "weight decay 5e-4, peak lr 0.1 after one warmup epoch from 0.05, then cosine to 0, pad-4 crop, flip, "
                 "AutoAugment (CIFAR policy), Cutout 16 px.",
                 GALA_DIFFERENCES,
@@ -153,7 +153,7 @@ def files() -> dict[Path, tuple[list[str], dict]]:
         for dataset in ("cifar10_lt", "cifar100_lt"):
             for method, (title, note, loss, ev) in MENON_FAMILY.items():
                 header = [
-                    f"{title} on {DATASET_NAMES[dataset]}, imbalance factor {imbalance} (seed 004's {method} row).",
+                    f"{title} on {DATASET_NAMES[dataset]}, imbalance factor {imbalance} (mmpretrain's {method} row).",
                     *([note.format(baseline=BASELINE_RUN.format(imbalance=imbalance))] if note else []),
                     "Recipe of Menon et al. (ICLR 2021): ResNet-32, 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 with "
                     "5 linear warmup epochs, x0.1 at epochs 160 and 180, weight decay 1e-4, pad-4 crop + flip.",

@@ -130,7 +130,7 @@ def prior_counts(
     class_counts: Optional[Sequence[int]] = None,
 ) -> list[int]:
     """The counts `la` adjusts by: the checkpoint's training counts, or those of another imbalance
-    factor (same n_max and profile), or an explicit list (seed 004's `imb_ratio` override)."""
+    factor (same n_max and profile), or an explicit list (mmpretrain's `imb_ratio` override)."""
     if imbalance_factor is not None and class_counts is not None:
         raise LongtailError("pass either an imbalance factor or class counts, not both")
     if imbalance_factor is not None:

@@ -1,4 +1,4 @@
-"""Datasets: one table from config name to loader, and the long-tailed split of methods.md."""
+"""Datasets: one table from config name to loader, and the long-tailed split of docs/datasets.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Long-tailed class counts and seeded per-class subsets (conventions of methods.md)."""
+"""Long-tailed class counts and seeded per-class subsets (conventions in docs/datasets.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """GALA (Gradient-Aware Logit Adjustment) and BaGMar (Balanced Gradient Margin) losses: one
-released codebase (seeds 000/001; methods.md, section "GALA and BaGMar").
+released codebase (see docs/methods.md).
 
 Released behaviour (`variant="released"`, the default: it produced the published tables):
 
