@@ -24,18 +24,18 @@ from .errors import LongtailError
 
 @dataclass
 class DatasetConfig:
-    name: str = "fmnist_lt"
+    name: str = "fmnist_lt"  # fmnist_lt | cifar10_lt | cifar100_lt | imagenet_lt | places_lt | inat2018 | folder
     root: Optional[str] = None  # None: the dataset's standard locations (see data/)
-    imbalance_factor: float = 100.0
-    profile: str = "exp"  # exp | step
+    imbalance_factor: float = 100.0  # IF = n_max / n_min of the long-tailed training subset (in-memory datasets)
+    profile: str = "exp"  # class counts: exp (n_i = n_max IF^(-i/(C-1))) or step (half the classes n_max, half n_max/IF)
     seed: int = 0  # which images form the long-tailed subset
     n_max: Optional[int] = None  # None: the dataset's standard protocol
-    val_per_class: int = 100
-    val_source: str = "train_unused"  # train_unused | test_holdout | none
+    val_per_class: int = 100  # images per class in the validation split
+    val_source: str = "train_unused"  # validation from unused training images, a labelled test hold-out, or none
     download: bool = True  # allowed to fetch when the files are not found locally
     train_list: Optional[str] = None  # list-file datasets (ImageNet-LT, Places-LT, iNat)
-    val_list: Optional[str] = None
-    test_list: Optional[str] = None
+    val_list: Optional[str] = None  # list-file or folder datasets: the validation list
+    test_list: Optional[str] = None  # list-file or folder datasets: the test list
     num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
     verify_images: bool = False  # list datasets: decode every image before training, report all failures
     csv: Optional[str] = None  # folder datasets: one `path,label` CSV of every image, split like a single tree
@@ -44,15 +44,15 @@ class DatasetConfig:
 
 @dataclass
 class DataConfig:
-    pipeline: str = "auto"  # auto | device | loader
+    pipeline: str = "auto"  # device: batched augmentation on the training device; loader: per-image DataLoader; auto: device where possible
     crop: bool = True  # pad-4 random crop
-    flip: bool = True
-    autoaugment: bool = False  # CIFAR policy
+    flip: bool = True  # random horizontal flip
+    autoaugment: bool = False  # AutoAugment, CIFAR policy
     cutout: int = 0  # hole size in pixels, 0 = off
-    sampler: str = "random"  # random | class_balanced
-    num_workers: int = 2
-    image_size: int = 224  # list-file datasets only
-    randaugment: bool = False
+    sampler: str = "random"  # random: every image equally; class_balanced: a class uniformly, then an image of it
+    num_workers: int = 2  # DataLoader worker processes (loader pipeline)
+    image_size: int = 224  # crop size S of list and folder datasets
+    randaugment: bool = False  # RandAugment (loader pipeline)
     randaugment_ops: int = 2  # RandAugment N (transforms applied per image)
     randaugment_magnitude: int = 9  # RandAugment M (0..30 scale of torchvision)
     color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
@@ -62,8 +62,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet32"
-    num_experts: int = 3
+    name: str = "resnet32"  # backbone: resnet8/20/32, resnet50, resnext50_32x4d, resnet152, *_experts, timm/<name>
+    num_experts: int = 3  # experts of a multi-expert model (*_experts)
     pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
     freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
     pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
@@ -73,59 +73,59 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"
-    tau: float = 1.0
-    lambda1: float = 1.0
-    lambda2: float = 1.0
+    name: str = "ce"  # ce | la | balanced_softmax | gala | bagmar | ldam_drw | lgla (the table in losses/__init__.py)
+    tau: float = 1.0  # la: tau of CE(z + tau log pi, y); lgla: tau of the global expert
+    lambda1: float = 1.0  # GALA: weight of log(theta + 1e-3)
+    lambda2: float = 1.0  # GALA: weight of log(phi_y + 1e-3)
     variant: str = "released"  # GALA: released | paper
-    max_margin: float = 0.5  # LDAM
-    scale: float = 30.0  # LDAM / cosine classifiers
+    max_margin: float = 0.5  # LDAM: the largest class margin (margins proportional to n^(-1/4))
+    scale: float = 30.0  # LDAM: s of the logits (equal to model.scale with a cosine head)
     drw_epoch: int = 160  # LDAM-DRW: class-balanced re-weighting from this epoch
-    drw_beta: float = 0.9999
+    drw_beta: float = 0.9999  # LDAM-DRW: beta of the class-balanced weights (1 - beta) / (1 - beta^n_c)
     num_experts: Optional[int] = None  # multi-expert losses (LGLA); null: the same as model.num_experts
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = 200  # training epochs
     batch_size: int = 128  # global batch, split over processes
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"  # multistep | cosine | constant
-    milestones: list[int] = field(default_factory=lambda: [160, 180])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    lr: float = 0.1  # peak learning rate of SGD
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    schedule: str = "multistep"  # learning-rate schedule after warmup: x gamma at milestones, cosine to 0, or constant
+    milestones: list[int] = field(default_factory=lambda: [160, 180])  # multistep: epochs where lr is multiplied by gamma
+    gamma: float = 0.1  # multistep: lr factor at each milestone
+    warmup_epochs: float = 0.0  # linear warmup length in epochs (fractions allowed)
     warmup_start_factor: float = 0.0  # lr multiplier at the start of warmup
-    eval_every: int = 1
+    eval_every: int = 1  # validate every N epochs
     # best_val | last | best_test (the released codes' protocol, chosen on the TEST set: optimistic, and every
     # output of the run says SELECTED ON TEST; see selection.py)
     select: str = "best_val"
-    resume: bool = False
+    resume: bool = False  # continue from checkpoints/last.pt (what `train --resume` sets)
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere
-    amp: Union[bool, str] = "auto"  # auto | true | false
-    channels_last: Union[bool, str] = "auto"  # auto: wherever bf16 autocast runs | true | false
+    amp: Union[bool, str] = "auto"
+    channels_last: Union[bool, str] = "auto"  # channels_last memory format; auto: wherever bf16 autocast runs
     compile: bool = False  # torch.compile the model for training (inductor; on CPU it needs a C++ compiler)
-    progress: bool = True
-    deterministic: bool = True
+    progress: bool = True  # a progress bar per epoch
+    deterministic: bool = True  # deterministic algorithms: the same seed gives the same weights on one machine
     sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (same result as 1 process)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 1024
-    posthoc: str = "none"  # none | la | pn | tau_norm, applied at the final test (metrics.json also keeps "raw")
-    tau: float = 1.0
+    batch_size: int = 1024  # images per evaluation batch
+    posthoc: str = "none"  # post-hoc correction at the final test (metrics.json also keeps the raw argmax under "raw")
+    tau: float = 1.0  # strength of the post-hoc correction
     # PN's per-class prediction mass: estimated on the validation split, or on the evaluated set
     # itself (transductive, as the released GALA code does)
-    pn_mass: str = "val"  # val | transductive
+    pn_mass: str = "val"
 
 
 @dataclass
 class Config:
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # seeds training (initialisation, sampling, augmentation)
+    device: str = "auto"  # where to train and evaluate; auto: CUDA when available
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
