@@ -184,12 +184,12 @@ def test_timm_backbone_loads_a_local_file_and_gets_a_new_classifier(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end through the CLI
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"  # the walkthrough moved from the README to the docs
 WALKTHROUGH = "<!-- own-data walkthrough: tests/test_folder.py runs these commands -->"
 
 
 def walkthrough_commands() -> list[list[str]]:
-    """The `longtail ...` lines of the README's own-data walkthrough block, split into arguments."""
+    """The `longtail ...` lines of the own-data walkthrough block (docs/own-data.md), split into arguments."""
     text = README.read_text(encoding="utf-8")
     block = text[text.index(WALKTHROUGH):].split("```bash\n", 1)[1].split("```", 1)[0]
     return [line.split()[1:] for line in block.splitlines() if line.startswith("longtail ")]
