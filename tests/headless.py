@@ -1,0 +1,105 @@
+"""Headless Chromium driven over the DevTools protocol on a pipe (no extra package), and a local HTTP server.
+
+`--dump-dom` with a virtual-time budget cannot wait for a web worker (MkDocs Material's search runs in one),
+so pages that need one are opened here in real time: evaluate a JavaScript expression until it returns
+something truthy, or give up after a timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import select
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """A static HTTP server for `folder` on a free local port; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Browser:
+    """One headless Chromium; `wait_for(url, expression)` opens a tab and polls the expression."""
+
+    def __init__(self, profile: Path):
+        ours_read, chrome_write = os.pipe()
+        chrome_read, ours_write = os.pipe()
+
+        def plumb() -> None:  # Chromium reads commands on fd 3 and writes answers on fd 4
+            high_read, high_write = os.dup2(chrome_read, 100), os.dup2(chrome_write, 101)
+            os.dup2(high_read, 3)
+            os.dup2(high_write, 4)
+
+        self.proc = subprocess.Popen(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            preexec_fn=plumb, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(chrome_read)
+        os.close(chrome_write)
+        self._in, self._out, self._buf, self._id = ours_read, ours_write, b"", 0
+
+    def _call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                answer = json.loads(raw)
+                if answer.get("id") == self._id:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    return answer["result"]
+            if not select.select([self._in], [], [], max(0.0, end - time.monotonic()))[0]:
+                break
+            chunk = os.read(self._in, 1 << 16)
+            if not chunk:
+                raise RuntimeError("Chromium closed its DevTools pipe")
+            self._buf += chunk
+        raise TimeoutError(method)
+
+    def wait_for(self, url: str, expression: str, timeout: float = 60) -> Any:
+        target = self._call("Target.createTarget", {"url": url})["targetId"]
+        session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        end, value = time.monotonic() + timeout, None
+        while time.monotonic() < end:
+            result = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            value = result.get("result", {}).get("value")
+            if value:
+                return value
+            time.sleep(0.25)
+        return value
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self._in)
+        os.close(self._out)
