@@ -340,3 +340,8 @@ def test_adding_a_method_recipe_registers_and_trains(tmp_path, monkeypatch):
 
     metrics = fit(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").is_file() and 0 <= metrics["top1"] <= 100
+
+
+def test_screenshot_script_parses():
+    result = subprocess.run(["bash", "-n", str(REPO / "scripts" / "docs_screenshot.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
