@@ -161,7 +161,7 @@ def read_entries(path_text: Optional[str], key: str, problems: Problems) -> Opti
         return None
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise LongtailError(f"{key} '{path}' does not exist; set {key} to the list file (see the README for where the lists come from)")
+        raise LongtailError(f"{key} '{path}' does not exist; set {key} to the list file (docs/datasets.md says where the lists come from)")
     return read_inat_json(path, problems) if path.suffix.lower() == ".json" else read_text_list(path, problems)
 
 
