@@ -146,3 +146,33 @@ def test_make_without_venv_runs_the_given_interpreter():
     assert make_n("test", "VENV=") == ['PYTHON="python3" VENV="" EXTRAS="test" bash scripts/setup.sh', "python3 -m pytest"]
     demo = make_n("demo", "VENV=", "PYTHON=/opt/py/bin/python3")
     assert demo[-1] == 'PY="/opt/py/bin/python3" VENV="" bash scripts/demo.sh'
+
+
+def test_a_changed_torch_spec_reinstalls_torch_and_an_unset_one_keeps_it(tmp_path):
+    # a stand-in Python 3.11 whose "environment" is tmp_path: torch imports while the file `torch` exists,
+    # pip records what it was asked to do
+    log = tmp_path / "pip.log"
+    python = fake_python(tmp_path / "python3", f"""case "$*" in
+  *sys.executable*) echo {tmp_path}/python3;;
+  *sys.prefix*) echo {tmp_path};;
+  *print*) echo 3.11;;
+  "-c import torch, torchvision") [ -f {tmp_path}/torch ];;
+  "-m pip uninstall"*) echo "uninstall" >> {log}; rm -f {tmp_path}/torch;;
+  "-m pip install -q torch"*) echo "install $*" >> {log}; touch {tmp_path}/torch;;
+  "-m pip"*) echo "pip $*" >> {log};;
+  *) exit 0;;
+esac
+""")
+    (tmp_path / "torch").touch()  # a torch installed earlier, not by setup.sh (no record)
+    env = {"VENV": "", "PYTHON": str(python)}
+    assert run_setup(env).returncode == 0
+    assert log.read_text().splitlines() == ["pip -m pip install -q -e ."]  # kept; the demo installs no extras
+    cpu = "torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    log.unlink()
+    result = run_setup({**env, "TORCH_SPEC": cpu, "EXTRAS": "test"})
+    assert result.returncode == 0 and "reinstalling torch" in result.stdout
+    assert log.read_text().splitlines() == ["uninstall", f"install -m pip install -q {cpu}", "pip -m pip install -q -e .[test]"]
+    assert (tmp_path / ".longtail-torch-spec").read_text().strip() == cpu
+    log.unlink()
+    assert run_setup(env).returncode == 0  # TORCH_SPEC unset: the recorded CPU build stays
+    assert "uninstall" not in log.read_text()
