@@ -56,7 +56,7 @@ def nav_pages() -> list[str]:
 
 
 def built_html(site: Path, page: str) -> Path:
-    return site / ("index.html" if page == "index.md" else page[: -len(".md")] + "/index.html")
+    return site / (page[: -len(".md")] + ".html")  # use_directory_urls: false
 
 
 # ----------------------------------------------------------------------------- the build and its links
@@ -138,7 +138,7 @@ def test_front_page_and_search_render_in_headless_chromium(site, tmp_path):
                                      "'.md-search-result__item')].map(e => e.textContent)")
             assert found and any("Methods" in text for text in found), found
             # the generated pages are in the search index too
-            generated = browser.wait_for(base + "methods/?q=RandomGrayscale", "[...document.querySelectorAll("
+            generated = browser.wait_for(base + "methods.html?q=RandomGrayscale", "[...document.querySelectorAll("
                                          "'.md-search-result__item')].map(e => e.textContent)")
             assert generated and any("Config keys" in text for text in generated), generated
     finally:
