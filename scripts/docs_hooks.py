@@ -186,13 +186,14 @@ _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\((?!https?:)([^)]+)\)")
 
 def _embed(text: str) -> str:
     """A results file as a section of the page: headings one level down, links to repository files as paths."""
-    text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+    text = re.sub(r"^(#+) ", lambda m: "##" + m.group(1) + " ", text, flags=re.M)
     return _LINK.sub(lambda m: f"{m.group(1)} (`benchmarks/results/{m.group(2)}`)", text)
 
 
 def result_files() -> list[Path]:
     """The measurement records shown on the results page, in page order."""
-    order = ["fmnist_lt_methods.md", "fmnist_lt_report_cpu_seed0/results.md", "fmnist_lt_shift.md", "throughput_cpu.md"]
+    order = ["fmnist_lt_methods.md", "fmnist_lt_report_cpu_seed0/provenance.md", "fmnist_lt_report_cpu_seed0/results.md",
+             "fmnist_lt_shift.md", "throughput_cpu.md"]
     known = [RESULTS / name for name in order if (RESULTS / name).is_file()]
     others = sorted(p for p in RESULTS.glob("*.md") if p not in known)
     return known + others

@@ -345,3 +345,12 @@ def test_adding_a_method_recipe_registers_and_trains(tmp_path, monkeypatch):
 def test_screenshot_script_parses():
     result = subprocess.run(["bash", "-n", str(REPO / "scripts" / "docs_screenshot.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_results_record_on_the_page_names_its_hardware():
+    shown = hooks.result_files()
+    assert {p.name for p in RESULTS.glob("*.md")} <= {p.name for p in shown}  # a new record joins the page
+    for path in shown:
+        provenance = path.parent / "provenance.md"  # a report folder's hardware line is beside its output
+        text = path.read_text(encoding="utf-8") + (provenance.read_text(encoding="utf-8") if path.parent != RESULTS else "")
+        assert re.search(r"Xeon|EPYC|H200|NVIDIA|\bCPU\b", text), f"{path} names no hardware"
