@@ -204,25 +204,32 @@ def published_rows() -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def published_section() -> list[str]:
+    rows = published_rows()
+    sources = list(dict.fromkeys(row["source"] for row in rows))
+    lines = ["## Published numbers (not reproduced here)\n",
+             "From `benchmarks/results/published.csv`: each number as its authors published it, with its source and "
+             "the `longtail` config that mirrors the run. None of them has been reproduced with `longtail` yet; "
+             "[Reproducing published numbers](reproducing.md) says what differs from the released codes.\n",
+             "| benchmark | method | IF | metric | value | source | longtail config |",
+             "| --- | --- | --- | --- | ---: | --- | --- |"]
+    for row in rows:
+        config = f"`{row['config']}`" if row["config"] else ""
+        lines.append(f"| {row['benchmark']} | {_cell(row['method'])} | {row['imbalance_factor']} | {row['metric']} | "
+                     f"{row['value']} | [{sources.index(row['source']) + 1}] | {config} |")
+    lines += ["", "Sources:", ""] + [f"{i}. {_cell(source)}" for i, source in enumerate(sources, 1)] + [""]
+    return lines
+
+
 def results_page() -> str:
     lines = [GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
              "Every table on this page is a file under `benchmarks/results/`, shown as it is; each says the hardware, "
              "the software and the command that produced it. The numbers in the README and in these pages come from "
-             "these files (a test checks it).\n",
-             "## Published numbers (not reproduced here)\n",
-             "From `benchmarks/results/published.csv`: each number as its authors published it, with its source and "
-             "the `longtail` config that mirrors the run. None of them has been reproduced with `longtail` yet.\n",
-             "| benchmark | method | IF | metric | value | source | longtail config |",
-             "| --- | --- | --- | --- | ---: | --- | --- |"]
-    for row in published_rows():
-        config = f"`{row['config']}`" if row["config"] else ""
-        lines.append(f"| {row['benchmark']} | {_cell(row['method'])} | {row['imbalance_factor']} | {row['metric']} | "
-                     f"{row['value']} | {_cell(row['source'])} | {config} |")
-    lines.append("")
+             "these files (a test checks it). The published numbers of the papers follow at the end.\n"]
     for path in result_files():
         rel = path.relative_to(ROOT)
         lines += [f"## `{rel}`\n", _embed(path.read_text(encoding="utf-8")), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + published_section())
 
 
 PAGES = {"reference/cli.md": cli_page, "reference/config.md": config_page, "results.md": results_page}
