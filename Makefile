@@ -10,9 +10,10 @@ DEMO_ARGS ?=
 
 .PHONY: setup demo test docs
 
-# what the demo needs: torch, torchvision and longtail
+# what the demo needs: torch, torchvision, longtail, and the report extra (matplotlib, pandas) for the
+# `longtail report` the demo points to at its end
 setup:
-	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="" bash scripts/setup.sh
+	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="report" bash scripts/setup.sh
 
 # Train ResNet-32 on Fashion-MNIST-LT (IF 100) with cross-entropy, then compare its test metrics with
 # post-hoc logit adjustment of the same checkpoint.
