@@ -58,6 +58,11 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
     grayscale: float = 0.0  # RandomGrayscale probability (list datasets)
     blur: float = 0.0  # probability of a GaussianBlur, sigma 0.1..2 (list datasets)
+    # input normalisation (x / 255 - mean) / std per channel, 0..1 scale; null: the dataset's own statistics.
+    # mean [0.5, 0.5, 0.5] with std [1, 1, 1] is google-research's x / 255 - 0.5
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    drop_last: bool = False  # drop the last partial training batch of every epoch (steps = floor(N / batch))
 
 
 @dataclass
@@ -120,6 +125,9 @@ class EvalConfig:
     # PN's per-class prediction mass: estimated on the validation split, or on the evaluated set
     # itself (transductive, as the released GALA code does)
     pn_mass: str = "val"  # val | transductive
+    # also test every evaluated epoch and record test_* (and test_<posthoc>_*) in epochs.jsonl, as the
+    # released logit-adjustment code logs them; never used to choose the reported epoch (train.select does)
+    test_every_epoch: bool = False
 
 
 @dataclass
@@ -326,6 +334,8 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError("config keys 'data.color_jitter', 'data.randaugment_ops' and 'data.randaugment_magnitude' must be >= 0")
     if cfg.data.randaugment_magnitude > 30:
         raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
+    if cfg.data.std is not None and not all(v > 0 for v in cfg.data.std):
+        raise LongtailError(f"config key 'data.std' must hold positive values, got {cfg.data.std}")
     if cfg.data.image_size < 8:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 
@@ -17,6 +18,11 @@ class TensorImages:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, idx: Any) -> "TensorImages":
+        """The images at positions `idx` (any integer sequence or array), in that order."""
+        index = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return TensorImages(self.images[index], self.labels[index])
 
 
 @dataclass
