@@ -98,6 +98,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    # weight decay of normalisation layers' weights and biases (BatchNorm, GroupNorm, LayerNorm); null: weight_decay.
+    # 0 matches a Keras model whose kernel regularisers leave BatchNorm alone
+    norm_weight_decay: Optional[float] = None
     schedule: str = "multistep"  # multistep | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     gamma: float = 0.1
@@ -320,7 +323,7 @@ def _check_ranges(cfg: Config) -> None:
     # ranges torch.optim.SGD would otherwise reject mid-setup with a traceback
     for key, value in {"train.momentum": cfg.train.momentum, "train.weight_decay": cfg.train.weight_decay,
                        "train.warmup_epochs": cfg.train.warmup_epochs, "train.warmup_start_factor": cfg.train.warmup_start_factor,
-                       "train.gamma": cfg.train.gamma}.items():
+                       "train.gamma": cfg.train.gamma, "train.norm_weight_decay": cfg.train.norm_weight_decay or 0.0}.items():
         if value < 0:
             raise LongtailError(f"config key '{key}' must be >= 0, got {value}")
     for key, value in {"seed": cfg.seed, "dataset.seed": cfg.dataset.seed}.items():
