@@ -114,8 +114,8 @@ class DevicePipeline:
         with host_ops_on_one_thread(self.device):
             order, draws = self.draws()
             if self.drop_last:  # the same images the loader pipeline's DataLoader(drop_last=True) keeps
-            order, draws = order[: len(self) * self.batch_size], draws[: len(self) * self.batch_size]
-        order, draws = to_device(order.contiguous(), self.device), draws.to(self.device)
+                order, draws = order[: len(self) * self.batch_size], draws[: len(self) * self.batch_size]
+            order, draws = to_device(order.contiguous(), self.device), draws.to(self.device)
         for start in range(0, len(order), self.chunk):
             with host_ops_on_one_thread(self.device):
                 index = order[start : start + self.chunk]
