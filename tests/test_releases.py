@@ -364,12 +364,38 @@ def test_google_configs_are_the_release(dataset):
         assert cfg.loss.tau == 1.0 and cfg.eval.tau == 1.0
 
 
+@pytest.fixture(scope="module")
+def google_runs(tmp_path_factory):
+    """One epoch of each google mode on generated release files: mode -> (run dir, metrics)."""
+    base = tmp_path_factory.mktemp("google")
+    root = write_fake_release(base / "data", "cifar10", COUNTS, test_per_class=3)
+    out = {}
+    for mode, path in GOOGLE["cifar10_lt"].items():
+        cfg = load_config(path, _overrides(root, "train.epochs=1", "train.batch_size=32", "eval.batch_size=64"))
+        out[mode] = (base / mode, fit(cfg, base / mode))
+    return out
+
+
 @pytest.mark.parametrize("mode", ["baseline", "posthoc", "loss"])
-def test_one_epoch_of_each_google_mode_on_generated_files(mode, tmp_path):
-    root = write_fake_release(tmp_path / "data", "cifar10", COUNTS, test_per_class=3)
-    cfg = load_config(GOOGLE["cifar10_lt"][mode], _overrides(root, "train.epochs=1", "train.batch_size=32", "eval.batch_size=64"))
-    metrics = fit(cfg, tmp_path / "run")
-    rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+def test_one_epoch_of_each_google_mode_on_generated_files(mode, google_runs):
+    run, metrics = google_runs[mode]
+    rows = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["test_top1"] == pytest.approx(metrics["raw"]["top1"] if mode == "posthoc" else metrics["top1"])
     assert ("test_la_top1" in rows[0]) == (mode == "posthoc")
+    if mode == "posthoc":
+        assert rows[0]["test_la_top1"] == pytest.approx(metrics["top1"])
     assert metrics["class_counts"] == COUNTS and metrics["num_images"] == 30
+    assert metrics["selected_by"] == "last_epoch" and not metrics.get("selected_on_test")
+
+
+def test_report_table_1_and_figure_1_from_the_google_runs(google_runs, tmp_path):
+    from longtail.report import write_report
+
+    report = write_report([run for run, _ in google_runs.values()], tmp_path / "report")
+    (table,) = report.tables
+    assert table.dataset == "cifar10_lt_tfrecord" and table.columns == ["IF 24"]  # the file's own imbalance, 24 / 1
+    final = {label: [e.metrics["top1"] for e in cell["IF 24"]] for label, cell in table.rows.items()}
+    assert final == {"CE": [google_runs["baseline"][1]["top1"]], "CE + post-hoc LA (τ=1)": [google_runs["posthoc"][1]["top1"]],
+                     "LA loss": [google_runs["loss"][1]["top1"]]}
+    figures = {p.name for p in report.files if p.suffix == ".png"}
+    assert {"effective_cifar10_lt_tfrecord_if_24.png", "training_cifar10_lt_tfrecord_if_24.png"} <= figures
