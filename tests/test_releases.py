@@ -100,7 +100,7 @@ def test_a_flipped_payload_byte_is_one_line_naming_file_and_record(record_file):
     record_file.write_bytes(bytes(data))
     with pytest.raises(LongtailError) as exc:
         read_records(record_file)
-    _one_line(exc, str(record_file), "record 1", "CRC")
+    _one_line(exc, str(record_file), "record 1", "CRC of its data")
 
 
 def test_a_flipped_length_byte_is_one_line(record_file):
@@ -109,7 +109,7 @@ def test_a_flipped_length_byte_is_one_line(record_file):
     record_file.write_bytes(bytes(data))
     with pytest.raises(LongtailError) as exc:
         read_records(record_file)
-    _one_line(exc, str(record_file), "record 2", "length")
+    _one_line(exc, str(record_file), "record 2", "CRC of its length")
 
 
 @pytest.mark.parametrize("cut", [5, 40])  # inside the header, inside the payload
