@@ -17,19 +17,21 @@ from torch import nn
 from fake_tfrecords import (
     bytes_feature, crc32c, example, float_feature, image_examples, int64_feature, write_fake_release, write_tfrecord,
 )
-from longtail.config import TrainConfig, load_config
+from longtail.config import ModelConfig, TrainConfig, load_config
 from longtail.data import build_data
+from longtail.data.base import TensorImages
+from longtail.data.batch_augment import BatchAugment
 from longtail.data.cifar_tfrecord import URL, read_split
 from longtail.data.device import DevicePipeline
-from longtail.data.batch_augment import BatchAugment
-from longtail.data.base import TensorImages
 from longtail.data.loader import LoaderPipeline, TransformedImages
-from longtail.data.samplers import EpochSampler
+from longtail.data.pipeline import eval_batches
+from longtail.data.samplers import EpochSampler, SeededSampler
 from longtail.data.tfrecord import crc32c_rows, masked_crc, parse_example, read_records
+from longtail.data.transforms import eval_transform
+from longtail.distributed import Runtime
 from longtail.engine import fit
 from longtail.errors import LongtailError
 from longtail.models import create_model
-from longtail.config import ModelConfig
 from longtail.optim import build_optimizer, build_scheduler, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,13 +175,10 @@ def test_dataset_counts_normalisation_and_holdout(tmp_path):
 
 
 def test_normalisation_is_x_over_255_minus_half(tmp_path):
-    from longtail.data.pipeline import eval_batches
-    from longtail.distributed import Runtime
-
     root = write_fake_release(tmp_path, "cifar10", COUNTS, test_per_class=2)
     cfg = load_config(GOOGLE["cifar10_lt"]["baseline"], _overrides(root))
     bundle = build_data(cfg)
-    runtime = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    runtime = Runtime(device=torch.device("cpu"))
     x, _ = next(eval_batches(bundle.test, bundle, cfg, runtime))
     assert torch.allclose(x, bundle.test.images[: len(x)].float() / 255 - 0.5, atol=1e-6)
 
@@ -270,9 +269,6 @@ def _pipelines(drop_last: bool, n: int = 70, batch: int = 32):
     split = TensorImages(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8), labels)
     device = DevicePipeline(split, EpochSampler(labels, seed=1), batch, 1, torch.device("cpu"), (0.5,) * 3, (1.0,) * 3,
                             BatchAugment(8, 8, crop=False, flip=False), drop_last=drop_last)
-    from longtail.data.samplers import SeededSampler
-    from longtail.data.transforms import eval_transform
-
     loader = LoaderPipeline(TransformedImages(split, eval_transform((0.5,) * 3, (1.0,) * 3)), SeededSampler(EpochSampler(labels, seed=1)),
                             batch, seed=1, drop_last=drop_last)
     return device, loader

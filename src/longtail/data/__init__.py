@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-import numpy as np
-import torch
 
 from ..config import Config
 from ..errors import LongtailError
