@@ -395,3 +395,12 @@ def test_report_table_1_and_figure_1_from_the_google_runs(google_runs, tmp_path)
                      "LA loss": [google_runs["loss"][1]["top1"]]}
     figures = {p.name for p in report.files if p.suffix == ".png"}
     assert {"effective_cifar10_lt_tfrecord_if_24.png", "training_cifar10_lt_tfrecord_if_24.png"} <= figures
+
+
+def test_inspect_reads_the_release_files(tmp_path):
+    from longtail.diagnostics import dataset_diagnostics
+
+    root = write_fake_release(tmp_path, "cifar10", COUNTS, test_per_class=4)
+    result, _ = dataset_diagnostics(load_config(GOOGLE["cifar10_lt"]["baseline"], _overrides(root)))
+    assert result["class_counts"] == COUNTS and result["splits"] == {"train": 66, "val": 0, "test": 40}
+    assert result["test_per_class"] == [4] * 10
