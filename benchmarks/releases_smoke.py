@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             factor = f"{cfg.dataset.imbalance_factor:g} (config {given.dataset.imbalance_factor:g})" if cfg.dataset.name in FAKE_CLASS_SIZE else "file's"
             rows.append(f"| {name} | {cfg.dataset.name} | {factor} | {cfg.model.name} | {sum(metrics['class_counts'])} | "
                         f"{metrics['num_images']} | {args.epochs} | {raw:.2f} | {post} |")
+    command = " ".join(["python benchmarks/releases_smoke.py", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join([
         "# The releases' configs, a short CPU run each on generated data",
         "",
-        "Written by `benchmarks/releases_smoke.py` (command in its docstring). Overrides: "
+        f"Written by `{command}`. Overrides: "
         f"train.epochs={args.epochs}, train.batch_size=32, generated images (fake CIFAR: 60 / 20 images per class, so "
         "the imbalance factor is capped at that class size); everything else as in the config. "
         "These numbers only show that each config runs end to end; they are not the releases' results, which "
