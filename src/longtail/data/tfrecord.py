@@ -69,37 +69,48 @@ def masked_crc(crc: np.ndarray) -> np.ndarray:
     return ((rotated + np.uint64(_MASK_DELTA)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
+def _check(path: Path, rows: np.ndarray, stored: np.ndarray, records: np.ndarray, offsets: np.ndarray, what: str) -> None:
+    """Raise on the first row whose masked CRC differs from the stored one."""
+    bad = np.flatnonzero(masked_crc(crc32c_rows(rows)) != stored)
+    if len(bad):
+        first = bad[np.argmin(records[bad])]
+        raise LongtailError(f"'{path}' record {records[first]} (byte {offsets[first]}): the CRC of its {what} does not match; "
+                            "the file is corrupt, fetch it again")
+
+
 def read_records(path: str | Path) -> list[bytes]:
-    """Every payload of a TFRecord file, with both CRCs of every record checked."""
+    """Every payload of a TFRecord file, with both CRCs of every record checked: first the lengths' (a
+    corrupt length would misplace every later record), then the payloads', all records of one size at once."""
     path = Path(path)
     data = path.read_bytes()
-    starts, lengths, stored = [], [], []  # payload start, payload length, (length crc, payload crc)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    offsets, lengths, truncated = [], [], ""
     offset = 0
     while offset < len(data):
-        record = len(starts)
         if offset + 12 > len(data):
-            raise LongtailError(f"'{path}' ends inside the header of record {record} (byte {offset}): the file is truncated; fetch it again")
+            truncated = f"'{path}' ends inside the header of record {len(offsets)} (byte {offset})"
+            break
         (length,) = struct.unpack_from("<Q", data, offset)
-        (length_crc,) = struct.unpack_from("<I", data, offset + 8)
-        header = np.frombuffer(data, dtype=np.uint8, count=8, offset=offset)[None, :]
-        if masked_crc(crc32c_rows(header))[0] != length_crc:
-            raise LongtailError(f"'{path}' record {record} (byte {offset}): the CRC of its length does not match; the file is corrupt, fetch it again")
-        end = offset + 12 + length + 4
-        if end > len(data):
-            raise LongtailError(f"'{path}' ends inside record {record} (byte {offset}, {length} bytes announced): the file is truncated; fetch it again")
-        starts.append(offset + 12)
+        if offset + 16 + length > len(data):
+            truncated = f"'{path}' ends inside record {len(offsets)} (byte {offset}, {length} bytes announced)"
+            offsets.append(offset)  # its length's CRC is checked below: a corrupt length is reported as such
+            lengths.append(length)
+            break
+        offsets.append(offset)
         lengths.append(length)
-        stored.append(struct.unpack_from("<I", data, offset + 12 + length)[0])
-        offset = end
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    lengths_arr, starts_arr, stored_arr = np.asarray(lengths), np.asarray(starts), np.asarray(stored, dtype=np.uint32)
-    for length in np.unique(lengths_arr):  # payloads of one size are checked together
-        which = np.flatnonzero(lengths_arr == length)
-        rows = buffer[starts_arr[which, None] + np.arange(length)[None, :]]
-        bad = which[masked_crc(crc32c_rows(rows)) != stored_arr[which]]
-        if len(bad):
-            raise LongtailError(f"'{path}' record {bad[0]} (byte {starts_arr[bad[0]] - 12}): the CRC of its data does not match; the file is corrupt, fetch it again")
-    return [data[s : s + n] for s, n in zip(starts, lengths)]
+        offset += 16 + length
+    starts, sizes, numbers = np.asarray(offsets, dtype=np.int64), np.asarray(lengths, dtype=np.int64), np.arange(len(offsets))
+    if len(starts):
+        headers = buffer[starts[:, None] + np.arange(12)[None, :]]
+        _check(path, headers[:, :8], headers[:, 8:].copy().view("<u4")[:, 0], numbers, starts, "length")
+    if truncated:
+        raise LongtailError(f"{truncated}: the file is truncated; fetch it again")
+    for size in np.unique(sizes):  # payloads of one size are checked together
+        which = np.flatnonzero(sizes == size)
+        rows = np.stack([buffer[s + 12 : s + 12 + size] for s in starts[which]]) if size else np.zeros((len(which), 0), np.uint8)
+        stored = np.stack([buffer[s + 12 + size : s + 16 + size] for s in starts[which]]).view("<u4")[:, 0]
+        _check(path, rows, stored, which, starts[which], "data")
+    return [data[s + 12 : s + 12 + n] for s, n in zip(offsets, lengths)]
 
 
 class _Malformed(Exception):
