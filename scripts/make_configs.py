@@ -120,9 +120,11 @@ MMPRETRAIN_PUBLISHED = {  # seed 004's table, top-1 % at imbalance ratio 200 / 1
 MMPRETRAIN_FILES = {"baseline": "resnet34_8xb16_{d}-lt-rho10.py", "posthoc": "resnet34-posthoc-adj_8xb16_{d}-lt-rho10.py",
                     "loss": "resnet34-loss-adj_8xb16_{d}-lt-rho10.py"}
 MMPRETRAIN_DIFFERENCES = (
-    "Left as they are: mmpretrain keeps ceil(n_max * ratio^(-i / (C - 1))) images of class i (one more than "
-    "longtail's int() in some classes) and shuffles each class with numpy seed = the class index (here "
-    "dataset.seed); its 8 processes x 16 images keep BatchNorm statistics per GPU (here over the batch of 128)."
+    "Left as they are: mmpretrain's long-tailed dataset class (ImbalancedDatasetMixin, the version read) keeps "
+    "ceil(n_max * ratio^(-i / (C - 1))) images of the i-th class (one more than longtail's int() in some classes), "
+    "ranks the classes by their first appearance in the training file (here by label) and shuffles each class with "
+    "numpy seed = the class index (here dataset.seed); its 8 processes x 16 images keep BatchNorm statistics per GPU "
+    "(here over the batch of 128)."
 )
 
 
