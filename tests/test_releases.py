@@ -404,3 +404,14 @@ def test_inspect_reads_the_release_files(tmp_path):
     result, _ = dataset_diagnostics(load_config(GOOGLE["cifar10_lt"]["baseline"], _overrides(root)))
     assert result["class_counts"] == COUNTS and result["splits"] == {"train": 66, "val": 0, "test": 40}
     assert result["test_per_class"] == [4] * 10
+
+
+def test_predict_and_export_see_32_pixel_images_normalised_as_trained(google_runs):
+    from longtail.checkpoint import load_checkpoint
+    from longtail.config import from_dict
+    from longtail.deployment import preprocessing
+
+    run, _ = google_runs["loss"]
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    prep = preprocessing(from_dict(ckpt["config"]), ckpt)
+    assert (prep.size, prep.always_resize, prep.mean, prep.std) == (32, False, (0.5,) * 3, (1.0,) * 3)
