@@ -72,6 +72,67 @@ MENON_TRAIN = {
     "warmup_epochs": 5, "warmup_start_factor": 0.0, "select": "last",
 }
 
+# google-research logit_adjustment/ (main.py, utils.py, models.py; read 2026-12), as the logit-adjustment dissertation fork
+# runs it. The schedule's (multiplier, epoch) lists, 1.0 reached by linear warm-up from 0 at the first epoch:
+# CIFAR-10-LT (1.0, 20), (0.1, 604), (0.01, 926), (0.001, 1128) over 1241 epochs; CIFAR-100-LT (1.0, 22),
+# (0.1, 691), (0.01, 1059), (0.001, 1290) over 1419. Keras l2(1e-4) on kernels and the classifier's bias adds
+# 1e-4 * sum(w^2) to the loss: SGD weight decay 2e-4 on those, none on BatchNorm.
+GOOGLE_SCHEDULES = {"cifar10_lt": (1241, 20, [604, 926, 1128]), "cifar100_lt": (1419, 22, [691, 1059, 1290])}
+GOOGLE_PUBLISHED = {  # google-research logit_adjustment/README.md, "Results" (balanced test accuracy x 100)
+    "cifar10_lt": {"baseline": 71.36, "posthoc": 77.32, "loss": 77.89},
+    "cifar100_lt": {"baseline": 39.87, "posthoc": 44.07, "loss": 44.06},
+}
+GOOGLE_DATA = {"crop": True, "flip": True, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0], "drop_last": True}
+GOOGLE_DIFFERENCES = (
+    "Left as they are: the pad-4 crop pads with black pixels before the normalisation (google pads the normalised "
+    "image with 0, i.e. mid-grey); batches follow a full shuffle per epoch (google: a 10,000-image shuffle buffer); "
+    "weights are drawn by torch's generators, not TensorFlow's."
+)
+
+
+def google_train(dataset: str) -> dict[str, Any]:
+    epochs, warmup, milestones = GOOGLE_SCHEDULES[dataset]
+    return {
+        "epochs": epochs, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+        "weight_decay": 2.0e-4, "norm_weight_decay": 0.0, "schedule": "multistep", "milestones": milestones,
+        "gamma": 0.1, "warmup_epochs": warmup, "warmup_start_factor": 0.0, "select": "last",
+    }
+
+
+# mmpretrain's logit-adjustment configs (configs/logit_adjustment/resnet34*_8xb16_cifar*-lt-rho10.py of
+# the unmerged pull request #1291, read 2026-12) over its _base_ files: models/resnet34_cifar.py, datasets/
+# cifar10-lt_bs16.py / cifar100-lt_bs16.py, schedules/cifar10_bs128.py (whose lr 0.1, momentum 0.9 and 200
+# epochs stay; weight decay and milestones are overridden by the logit-adjustment config), default_runtime.py.
+MMPRETRAIN_TRAIN = {
+    "epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
+    "schedule": "multistep", "milestones": [60, 120, 160], "gamma": 0.2, "select": "last",
+}
+MMPRETRAIN_STATS = {  # data_preprocessor mean / std on the 0..255 scale
+    "cifar10_lt": ([125.307, 122.961, 113.8575], [51.5865, 50.847, 51.255]),
+    "cifar100_lt": ([129.304, 124.070, 112.434], [68.170, 65.392, 70.418]),
+}
+MMPRETRAIN_PUBLISHED = {  # mmpretrain's logit-adjustment README table, top-1 % at imbalance ratio 200 / 100 / 50 / 10
+    "cifar10_lt": {"baseline": (73.08, 77.54, 81.84, 89.39), "posthoc": (76.59, 80.67, 83.98, 90.01),
+                   "loss": (76.19, 80.26, 83.41, 90.93)},
+    "cifar100_lt": {"baseline": (41.22, 45.98, 51.87, 64.75), "posthoc": (44.64, 49.92, 54.91, 65.99),
+                    "loss": (44.14, 48.53, 54.35, 65.75)},
+}
+MMPRETRAIN_FILES = {"baseline": "resnet34_8xb16_{d}-lt-rho10.py", "posthoc": "resnet34-posthoc-adj_8xb16_{d}-lt-rho10.py",
+                    "loss": "resnet34-loss-adj_8xb16_{d}-lt-rho10.py"}
+MMPRETRAIN_DIFFERENCES = (
+    "Left as they are: mmpretrain's long-tailed dataset class (ImbalancedDatasetMixin, the version read) keeps "
+    "ceil(n_max * ratio^(-i / (C - 1))) images of the i-th class (one more than longtail's int() in some classes), "
+    "ranks the classes by their first appearance in the training file (here by label) and shuffles each class with "
+    "numpy seed = the class index (here dataset.seed); its 8 processes x 16 images keep BatchNorm statistics per GPU "
+    "(here over the batch of 128)."
+)
+
+
+def mmpretrain_data(dataset: str) -> dict[str, Any]:
+    mean, std = MMPRETRAIN_STATS[dataset]
+    return {"crop": True, "flip": True, "mean": [round(v / 255, 6) for v in mean], "std": [round(v / 255, 6) for v in std]}
+
+
 # CPU-sized Fashion-MNIST-LT recipe: 20 epochs fill about 5 minutes of training on 2 cores with native bf16
 # (the demo's budget); the evidence for the choice is in benchmarks/results/fmnist_lt_methods.md.
 FMNIST_TRAIN = {
@@ -120,6 +181,12 @@ FMNIST_EXTRA = {
                  {"name": "ldam_drw", "max_margin": 0.5, "scale": 30.0, "drw_epoch": 16, "drw_beta": 0.9999}, None),
 }
 DATASET_NAMES = {"cifar10_lt": "CIFAR-10-LT", "cifar100_lt": "CIFAR-100-LT", "fmnist_lt": "Fashion-MNIST-LT"}
+TFRECORD_NO_VAL = (
+    "Validation: none, as released. dataset.val_source: none and train.select: last test the final epoch on the "
+    "full test file (the training file is the long-tailed split itself: no unused images). `longtail tune` then "
+    "needs the override dataset.val_source=test_holdout (a labelled hold-out of dataset.val_per_class test images "
+    "per class) or --on test (labelled TUNED ON TEST)."
+)
 
 
 def config(dataset: dict, data: dict, loss: dict, train: dict, evaluation: dict | None, model: dict | None = None) -> dict:
@@ -153,15 +220,19 @@ def files() -> dict[Path, tuple[list[str], dict]]:
         for dataset in ("cifar10_lt", "cifar100_lt"):
             for method, (title, note, loss, ev) in MENON_FAMILY.items():
                 header = [
-                    f"{title} on {DATASET_NAMES[dataset]}, imbalance factor {imbalance} (mmpretrain's {method} row).",
+                    f"{title} on {DATASET_NAMES[dataset]}, imbalance factor {imbalance}, with the common CIFAR-LT recipe.",
                     *([note.format(baseline=BASELINE_RUN.format(imbalance=imbalance))] if note else []),
-                    "Recipe of Menon et al. (ICLR 2021): ResNet-32, 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 with "
-                    "5 linear warmup epochs, x0.1 at epochs 160 and 180, weight decay 1e-4, pad-4 crop + flip.",
+                    "The common CIFAR-LT recipe of LDAM-DRW (Cao et al. 2019) and its successors, which Menon et al.'s paper "
+                    "(ICLR 2021) also describes: ResNet-32, 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 with 5 linear "
+                    "warmup epochs, x0.1 at epochs 160 and 180, weight decay 1e-4, pad-4 crop + flip, CIFAR mean/std.",
+                    "It is no release's row: the releases as released are google_*.yaml (google-research's files and "
+                    "recipe, as the dissertation fork runs them) and mmpretrain_*_imba*.yaml (ResNet-34); docs/releases.md compares them.",
                     CIFAR_NO_VAL,
                     MENON_CHECKPOINT,
                 ]
                 out[CONFIGS / dataset / f"{method}_imba{imbalance}.yaml"] = (
                     header, config(cifar_dataset(dataset, imbalance), {"crop": True, "flip": True}, loss, MENON_TRAIN, ev))
+    out.update(release_files())
     for imbalance in (100, 10):
         dataset = {"name": "fmnist_lt", "imbalance_factor": imbalance, "profile": "exp", "seed": 0,
                    "val_per_class": 100, "val_source": "train_unused"}
@@ -181,6 +252,61 @@ def files() -> dict[Path, tuple[list[str], dict]]:
                 header.append("PN's class mass is estimated on the validation split and applied to the test set.")
             out[CONFIGS / "fmnist_lt" / f"{method}_imba{imbalance}.yaml"] = (
                 header, config(dataset, {"crop": True, "flip": True}, loss, FMNIST_TRAIN, evaluation, model))
+    return out
+
+
+def release_files() -> dict[Path, tuple[list[str], dict]]:
+    """The two logit-adjustment releases as released: google-research's (the dissertation fork's) and mmpretrain's."""
+    out: dict[Path, tuple[list[str], dict]] = {}
+    for dataset in ("cifar10_lt", "cifar100_lt"):
+        name, tf_name = DATASET_NAMES[dataset], dataset.replace("_lt", "-lt")
+        epochs, warmup, milestones = GOOGLE_SCHEDULES[dataset]
+        for method, (title, _, loss, ev) in MENON_FAMILY.items():
+            published = GOOGLE_PUBLISHED[dataset][method]
+            header = [
+                f"{title} on google-research's {name} files (EXP-100, drawn once by the authors): the dissertation "
+                f"fork's `python main.py --dataset={tf_name} --mode={method}`.",
+                f"Source: google-research logit_adjustment/main.py, utils.py, models.py. Published: {published:.2f} % "
+                f"balanced test accuracy at the final epoch (logit_adjustment/README.md, 'Results'; the fork's Table 1 "
+                "reads the same final epoch). Not reproduced here: longtail's tests run on generated files, without CIFAR "
+                "or a GPU.",
+                *(["The same training as google_baseline.yaml; on a finished baseline run, `longtail evaluate "
+                   "runs/google_baseline --posthoc la` gives this without retraining."] if method == "posthoc" else []),
+                f"Recipe as released: google's Keras ResNet-32 (model resnet32_keras), {epochs} epochs of floor(N / 128) "
+                f"batches of 128 (the last partial batch dropped), SGD lr 0.1, momentum 0.9, Nesterov, lr rising linearly "
+                f"from 0 to epoch {warmup}, then x0.1 at epochs {', '.join(map(str, milestones))}; L2 1e-4 on kernels "
+                "and the classifier (weight decay 2e-4, none on BatchNorm); images x / 255 - 0.5, pad-4 crop and flip; "
+                "the prior pi counted from the training file (its base_probs), adjusted by log(pi^tau + 1e-12); test "
+                "accuracy (and the post-hoc one) after every epoch, in epochs.jsonl.",
+                GOOGLE_DIFFERENCES,
+                TFRECORD_NO_VAL,
+                MENON_CHECKPOINT,
+            ]
+            evaluation = {**(ev or {}), "test_every_epoch": True}
+            cfg = config({"name": f"{dataset}_tfrecord", "val_source": "none", "val_per_class": 100 if dataset == "cifar10_lt" else 20},
+                         GOOGLE_DATA, loss, google_train(dataset), evaluation, {"name": "resnet32_keras"})
+            out[CONFIGS / dataset / f"google_{method}.yaml"] = (header, cfg)
+            for index, imbalance in enumerate((200, 100, 50, 10)):
+                source = MMPRETRAIN_FILES[method].format(d=dataset.removesuffix("_lt"))
+                mean, std = MMPRETRAIN_STATS[dataset]
+                header = [
+                    f"{title} on {name}, imbalance ratio {imbalance}: mmpretrain's row with ResNet-34 (CIFAR).",
+                    f"Source: mmpretrain configs/logit_adjustment/{source} (imb ratio overridden to {imbalance}). "
+                    f"Published: {MMPRETRAIN_PUBLISHED[dataset][method][index]:.2f} % top-1 (mmpretrain's logit-adjustment README). Not "
+                    "reproduced here: longtail's tests run on generated files, without CIFAR or a GPU.",
+                    *([note.format(baseline=f"runs/mmpretrain_baseline_imba{imbalance}")] if (note := MENON_FAMILY[method][1]) else []),
+                    "Recipe as released: ResNet-34 in CIFAR form (model resnet34_cifar: 3x3 stem, no max-pool, BasicBlocks "
+                    "[3, 4, 6, 3], 64-512 channels, zero-initialised residual BatchNorm), 200 epochs, global batch 128 (8 GPUs "
+                    "x 16), SGD lr 0.1, momentum 0.9, weight decay 5e-4, x0.2 at epochs 60, 120 and 160, no warm-up; pad-4 "
+                    f"crop and flip; mean {mean} and std {std} on the 0-255 scale (data.mean / data.std divide them by 255); "
+                    "the prior counted from the training labels, tau 1.",
+                    MMPRETRAIN_DIFFERENCES,
+                    CIFAR_NO_VAL,
+                    MENON_CHECKPOINT,
+                ]
+                cfg = config(cifar_dataset(dataset, imbalance), mmpretrain_data(dataset), loss, MMPRETRAIN_TRAIN, ev,
+                             {"name": "resnet34_cifar"})
+                out[CONFIGS / dataset / f"mmpretrain_{method}_imba{imbalance}.yaml"] = (header, cfg)
     return out
 
 

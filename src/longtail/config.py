@@ -58,6 +58,11 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness = contrast = saturation strength, 0 = off
     grayscale: float = 0.0  # RandomGrayscale probability (list datasets)
     blur: float = 0.0  # probability of a GaussianBlur, sigma 0.1..2 (list datasets)
+    # input normalisation (x / 255 - mean) / std per channel, 0..1 scale; null: the dataset's own statistics.
+    # mean [0.5, 0.5, 0.5] with std [1, 1, 1] is google-research's x / 255 - 0.5
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None  # per-channel divisor of that normalisation (0..1 scale); null: the dataset's own
+    drop_last: bool = False  # drop the last partial training batch of every epoch (steps = floor(N / batch))
 
 
 @dataclass
@@ -93,6 +98,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 5e-4  # SGD weight decay
+    # weight decay of normalisation layers' weights and biases (BatchNorm, GroupNorm, LayerNorm); null: weight_decay.
+    # 0 matches a Keras model whose kernel regularisers leave BatchNorm alone
+    norm_weight_decay: Optional[float] = None
     schedule: str = "multistep"  # learning-rate schedule after warmup: x gamma at milestones, cosine to 0, or constant
     milestones: list[int] = field(default_factory=lambda: [160, 180])  # multistep: epochs where lr is multiplied by gamma
     gamma: float = 0.1  # multistep: lr factor at each milestone
@@ -119,7 +127,10 @@ class EvalConfig:
     tau: float = 1.0  # strength of the post-hoc correction
     # PN's per-class prediction mass: estimated on the validation split, or on the evaluated set
     # itself (transductive, as the released GALA code does)
-    pn_mass: str = "val"
+    pn_mass: str = "val"  # val | transductive
+    # also test every evaluated epoch and record test_* (and test_<posthoc>_*) in epochs.jsonl, as the
+    # released logit-adjustment code logs them; never used to choose the reported epoch (train.select does)
+    test_every_epoch: bool = False
 
 
 @dataclass
@@ -312,7 +323,7 @@ def _check_ranges(cfg: Config) -> None:
     # ranges torch.optim.SGD would otherwise reject mid-setup with a traceback
     for key, value in {"train.momentum": cfg.train.momentum, "train.weight_decay": cfg.train.weight_decay,
                        "train.warmup_epochs": cfg.train.warmup_epochs, "train.warmup_start_factor": cfg.train.warmup_start_factor,
-                       "train.gamma": cfg.train.gamma}.items():
+                       "train.gamma": cfg.train.gamma, "train.norm_weight_decay": cfg.train.norm_weight_decay or 0.0}.items():
         if value < 0:
             raise LongtailError(f"config key '{key}' must be >= 0, got {value}")
     for key, value in {"seed": cfg.seed, "dataset.seed": cfg.dataset.seed}.items():
@@ -326,6 +337,8 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError("config keys 'data.color_jitter', 'data.randaugment_ops' and 'data.randaugment_magnitude' must be >= 0")
     if cfg.data.randaugment_magnitude > 30:
         raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
+    if cfg.data.std is not None and not all(v > 0 for v in cfg.data.std):
+        raise LongtailError(f"config key 'data.std' must hold positive values, got {cfg.data.std}")
     if cfg.data.image_size < 8:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:

@@ -39,7 +39,7 @@ from .metrics import class_names_of
 from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
 
 # Image size of the in-memory datasets (their checkpoints do not store it).
-IN_MEMORY_SIZES = {"fmnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}
+IN_MEMORY_SIZES = {"fmnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32, "cifar10_lt_tfrecord": 32, "cifar100_lt_tfrecord": 32}
 COLOR_MODES = {1: "L", 3: "RGB"}
 
 

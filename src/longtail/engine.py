@@ -301,7 +301,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
         if bundle.val is not None and evaluated:
             val = evaluate_split(model, bundle.val, bundle, cfg, runtime)
             row.update({f"val_{k}": v for k, v in val.items() if k != "per_class"})
-        if evaluated and selection.selects_on_test(cfg):
+        if evaluated and (selection.selects_on_test(cfg) or cfg.eval.test_every_epoch):
             row.update(selection.test_scores(model, bundle, cfg, runtime))
         score = selection.epoch_score(row, score_key)
         improved = score is not None and score > progress.best_score

@@ -1,4 +1,7 @@
 """SGD and the learning-rate schedules of the recipes: linear warmup, then multi-step or cosine.
+google-research's logit-adjustment schedule, a list of (multiplier, epoch) pairs whose first pair ends a linear
+warm-up from 0, is the multistep one: warmup_epochs = the first epoch, warmup_start_factor 0, milestones = the
+other epochs, gamma 0.1 (its multipliers are 1, 0.1, 0.01, 0.001; test_releases.py checks it step by step).
 The schedule is a pure function of fractional epoch, applied every step, so it needs no state of its own."""
 
 from __future__ import annotations
@@ -23,11 +26,27 @@ def lr_factor(cfg: TrainConfig, epoch: float) -> float:
     return 1.0
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters as SGD groups: one group at train.weight_decay, or, with
+    train.norm_weight_decay set, a second group holding the normalisation layers' parameters at that decay."""
+    if cfg.norm_weight_decay is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in norm_ids]},
+        {"params": [p for p in trainable if id(p) in norm_ids], "weight_decay": cfg.norm_weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
     extra = {"fused": True} if fused else {}
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay, **extra,
     )
 

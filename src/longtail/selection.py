@@ -53,7 +53,7 @@ def epoch_score(row: dict[str, Any], key: Optional[str]) -> Optional[float]:
 
 
 def test_scores(model: nn.Module, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, Any]:
-    """An epoch's test metrics for best_test: `test_<metric>` of the plain argmax and, with eval.posthoc,
+    """An epoch's test metrics (best_test, eval.test_every_epoch): `test_<metric>` of the plain argmax and, with eval.posthoc,
     `test_<posthoc>_<metric>` of the corrected prediction (PN's class mass as configured)."""
     test = predict_split(model, bundle.test, bundle, cfg, runtime)
     needs_val = cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val"
@@ -77,11 +77,11 @@ def tag(cfg: Config) -> str:
 
 
 def epoch_note(row: dict[str, Any], cfg: Config) -> str:
-    """The test part of an epoch's console line (best_test runs only)."""
+    """The test part of an epoch's console line (runs with train.select=best_test or eval.test_every_epoch)."""
     if "test_top1" not in row:
         return ""
     text = f"  test top1 {row['test_top1']:.2f}"
     key = f"test_{cfg.eval.posthoc}_top1"
     if key in row:
         text += f" ({cfg.eval.posthoc} {row[key]:.2f})"
-    return text + f"  [{SELECTED_ON_TEST}]"
+    return text + (f"  [{SELECTED_ON_TEST}]" if selects_on_test(cfg) else "")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
-import numpy as np
-import torch
 
 from ..config import Config
 from ..errors import LongtailError
 from .base import DataBundle, RawDataset, TensorImages
 from .cifar import CIFAR, load_cifar
+from .cifar_tfrecord import build_tfrecord
 from .fmnist import CLASS_NAMES as FMNIST_CLASS_NAMES, load_fmnist
 from .folder import build_folder
 from .image_list import build_image_lists
@@ -36,12 +36,10 @@ IMAGE_LISTS: dict[str, Callable[[Config, str], DataBundle]] = {
     "places_lt": build_image_lists,  # Places-LT lists of Liu et al. 2019 (365 classes)
     "inat2018": build_image_lists,  # iNaturalist 2018 JSON annotations (8142 classes)
     "folder": build_folder,  # your own images: a class-folder tree or path,label CSVs (data/folder.py)
+    # google-research's released CIFAR-LT TFRecord files (EXP-100, drawn once by Menon et al.): cifar_tfrecord.py
+    "cifar10_lt_tfrecord": build_tfrecord,
+    "cifar100_lt_tfrecord": build_tfrecord,
 }
-
-
-def _subset(split: TensorImages, idx: np.ndarray) -> TensorImages:
-    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-    return TensorImages(split.images[index], split.labels[index])
 
 
 def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
@@ -53,24 +51,43 @@ def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
     train_idx, val_idx = long_tailed_split(raw.train.labels.numpy(), counts, d.seed, from_unused)
     test, val = raw.test, None
     if d.val_source == "train_unused" and d.val_per_class:
-        val = _subset(raw.train, val_idx)
+        val = raw.train.subset(val_idx)
     elif d.val_source == "test_holdout" and d.val_per_class:
         rest, held = holdout_split(raw.test.labels.numpy(), d.val_per_class, d.seed)
-        test, val = _subset(raw.test, rest), _subset(raw.test, held)
+        test, val = raw.test.subset(rest), raw.test.subset(held)
     return DataBundle(
-        name=name, train=_subset(raw.train, train_idx), val=val, test=test, class_counts=counts,
+        name=name, train=raw.train.subset(train_idx), val=val, test=test, class_counts=counts,
         num_classes=raw.num_classes, in_channels=int(raw.train.images.shape[1]), mean=raw.mean, std=raw.std,
         class_names=raw.class_names,
     )
 
 
 def build_data(cfg: Config) -> DataBundle:
+    """The configured dataset; `data.mean` / `data.std`, when set, replace the dataset's own statistics."""
     name = cfg.dataset.name
     if name in IN_MEMORY:
-        return make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
-    if name in IMAGE_LISTS:
-        return IMAGE_LISTS[name](cfg, name)
-    raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
+        bundle = make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
+    elif name in IMAGE_LISTS:
+        bundle = IMAGE_LISTS[name](cfg, name)
+    else:
+        raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
+    return with_normalization(bundle, cfg)
+
+
+def with_normalization(bundle: DataBundle, cfg: Config) -> DataBundle:
+    """Images become (x / 255 - mean) / std per channel; data.mean / data.std (0..1 scale) override the
+    dataset's values, e.g. mean 0.5 and std 1 give google-research's x / 255 - 0.5."""
+    stats = {"mean": cfg.data.mean, "std": cfg.data.std}
+    for key, values in stats.items():
+        if values is not None and len(values) != bundle.in_channels:
+            raise LongtailError(f"config key 'data.{key}' has {len(values)} values but '{bundle.name}' images have "
+                                f"{bundle.in_channels} channels; give one value per channel")
+    if cfg.data.mean is None and cfg.data.std is None:
+        return bundle
+    return dataclasses.replace(
+        bundle, mean=tuple(cfg.data.mean) if cfg.data.mean is not None else bundle.mean,
+        std=tuple(cfg.data.std) if cfg.data.std is not None else bundle.std,
+    )
 
 
 __all__ = [

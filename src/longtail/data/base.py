@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 
@@ -17,6 +18,16 @@ class TensorImages:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The labels as a numpy array, as file-backed datasets (ImageList) expose them."""
+        return self.labels.cpu().numpy()
+
+    def subset(self, idx: Any) -> "TensorImages":
+        """The images at positions `idx` (any integer sequence or array), in that order."""
+        index = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return TensorImages(self.images[index], self.labels[index])
 
 
 @dataclass

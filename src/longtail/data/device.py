@@ -3,7 +3,7 @@ training device, batches are gathered by index, augmented as whole batches and n
 
 Same batches as the loader pipeline (data/loader.py):
 - the order is the same EpochSampler's global order, this process taking positions rank::world_size, cut into
-  batches of the same size, the last one short;
+  batches of the same size, the last one short (or dropped, with drop_last);
 - the augmentation has the same operations and distributions (batch_augment.py); its random parameters come
   from a CPU generator seeded by (seed, epoch) alone, one row per position of the global order, so a resumed
   run, a run on another device, with another number of processes or another chunk size all see the same
@@ -73,13 +73,14 @@ class DevicePipeline:
         std: Sequence[float],
         augment: BatchAugment,
         chunk_images: Optional[int] = None,
+        drop_last: bool = False,
     ):
         if len(sampler.labels) != len(split):
             raise ValueError(f"the sampler covers {len(sampler.labels)} images but the split has {len(split)}")
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
-        self.device, self.augment = device, augment
+        self.device, self.augment, self.drop_last = device, augment, drop_last
         self.mean, self.std = stats_tensor(mean, device), stats_tensor(std, device)
         if chunk_images is None:
             chunk_images = CHUNK_IMAGES.get(device.type, CHUNK_IMAGES["cpu"])
@@ -95,6 +96,8 @@ class DevicePipeline:
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
         return -(-len(self.sampler) // self.batch_size)
 
     def draws(self) -> tuple[torch.Tensor, Draws]:
@@ -110,6 +113,8 @@ class DevicePipeline:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         with host_ops_on_one_thread(self.device):
             order, draws = self.draws()
+            if self.drop_last:  # the same images the loader pipeline's DataLoader(drop_last=True) keeps
+                order, draws = order[: len(self) * self.batch_size], draws[: len(self) * self.batch_size]
             order, draws = to_device(order.contiguous(), self.device), draws.to(self.device)
         for start in range(0, len(order), self.chunk):
             with host_ops_on_one_thread(self.device):

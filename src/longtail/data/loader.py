@@ -78,8 +78,9 @@ class LoaderPipeline:
         seed: int,
         num_workers: int = 0,
         pin_memory: bool = False,
+        drop_last: bool = False,
     ):
-        self.dataset, self.sampler = dataset, sampler
+        self.dataset, self.sampler, self.drop_last = dataset, sampler, drop_last
         self.batch_size, self.seed = batch_size, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.epoch = 0
@@ -90,6 +91,8 @@ class LoaderPipeline:
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -101,6 +104,7 @@ class LoaderPipeline:
                 self.dataset,
                 batch_size=self.batch_size,
                 sampler=self.sampler,
+                drop_last=self.drop_last,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 persistent_workers=seeded and self.num_workers > 0,

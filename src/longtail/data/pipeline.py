@@ -83,14 +83,18 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
         rank=runtime.rank, world_size=runtime.world_size,
     )
     batch_size = per_process_batch(cfg, runtime)
+    if cfg.data.drop_last and len(sampler) < batch_size:
+        raise LongtailError(f"data.drop_last drops every batch: this process has {len(sampler)} training images, fewer than "
+                            f"its batch of {batch_size}; lower train.batch_size or set data.drop_last=false")
     if choose_pipeline(bundle, cfg) == "device":
         height, width = bundle.train.images.shape[-2:]
         augment = BatchAugment(int(height), int(width), crop=cfg.data.crop, flip=cfg.data.flip,
                                autoaugment=cfg.data.autoaugment, cutout=cfg.data.cutout)
-        return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment)
+        return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment,
+                              drop_last=cfg.data.drop_last)
     return LoaderPipeline(
         _train_dataset(bundle, cfg), SeededSampler(sampler), batch_size, seed=cfg.seed,
-        num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda",
+        num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda", drop_last=cfg.data.drop_last,
     )
 
 

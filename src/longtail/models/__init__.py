@@ -12,6 +12,8 @@ from ..config import ModelConfig
 from ..errors import LongtailError
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .pretrained import with_pretrained
+from .resnet32_keras import KerasResNet32
+from .resnet34_cifar import resnet18_cifar, resnet34_cifar
 from .resnet_cifar import resnet8, resnet20, resnet32
 from .timm_models import PREFIX as TIMM_PREFIX, timm_from_cfg
 from .torchvision_resnets import torchvision_from_cfg
@@ -22,6 +24,11 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet8": with_pretrained(lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
     "resnet20": with_pretrained(lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
     "resnet32": with_pretrained(lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    # google-research's Keras ResNet-32 of logit_adjustment/models.py (1x1-3x3-1x1 blocks): resnet32_keras.py
+    "resnet32_keras": with_pretrained(lambda cfg, classes, channels: KerasResNet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    # torchvision-width ResNets with a 3x3 stem and no max-pool (mmpretrain's ResNet_CIFAR): resnet34_cifar.py
+    "resnet18_cifar": with_pretrained(lambda cfg, classes, channels: resnet18_cifar(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
+    "resnet34_cifar": with_pretrained(lambda cfg, classes, channels: resnet34_cifar(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
     # torchvision's ImageNet networks with `fc` named `classifier` (see torchvision_resnets.py)
     "resnet50": with_pretrained(torchvision_from_cfg("resnet50")),
     "resnext50_32x4d": with_pretrained(torchvision_from_cfg("resnext50_32x4d")),

@@ -23,15 +23,26 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Option B: a strided 1x1 convolution and BatchNorm (torchvision's and mmpretrain's `downsample`)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    """Two 3x3 convolutions with BatchNorm; where the shape changes, the shortcut is option A (parameter-free)
+    or, with `project`, option B (`projection`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, project: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         changes_shape = stride != 1 or in_channels != out_channels
-        self.shortcut = ShortcutA(out_channels, in_channels) if changes_shape else nn.Identity()
+        if not changes_shape:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = projection(in_channels, out_channels, stride) if project else ShortcutA(out_channels, in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -39,8 +50,8 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-    layers = [BasicBlock(in_channels, out_channels, stride)]
+def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int, project: bool = False) -> nn.Sequential:
+    layers = [BasicBlock(in_channels, out_channels, stride, project)]
     layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 

@@ -47,7 +47,7 @@ def write_figures(table: Table, out_dir: Path) -> list[tuple[str, str, str]]:
             ("per_class", f"Per-class test accuracy against training images ({where})", _per_class),
             ("shots", f"Many / medium / few test accuracy ({where})", _shots),
             ("tau", f"Accuracy against τ from `longtail tune` ({where})", _tau_curves),
-            ("training", f"Training loss and validation top-1 per epoch ({where})", _training),
+            ("training", f"Training loss and validation (or, without validation, test) top-1 per epoch ({where})", _training),
             ("effective", f"Effective class probabilities, classes ranked by frequency ({where})", _effective),
             ("shift", f"Test top-1 against the test class prior, per correction (`longtail shift`; {where})", _shift_curves),
             ("reliability", f"Reliability of the test softmax before and after temperature scaling ({where})", _reliability),
@@ -145,17 +145,25 @@ def _training(by_method: dict[str, list[Entry]], where: str):
             curves[method] = runs
     if not curves:
         return None
-    fig, axes = _new(width=11, cols=2, legend=len(curves))
-    for method, runs in curves.items():
-        for ax, key in zip(axes[0], ("train_loss", "val_top1")):
+    # right panel: validation top-1, or, for runs without validation that test every epoch
+    # (eval.test_every_epoch, as google-research's release logs), test top-1 and its post-hoc one dashed
+    rows = [row for runs in curves.values() for run in runs for row in run.epochs]
+    split = "val" if any(row.get("val_top1") is not None for row in rows) else "test"
+    posthoc = sorted({k for row in rows for k in row if split == "test" and k.startswith("test_") and k.endswith("_top1")} - {"test_top1"})
+    fig, axes = _new(width=11, cols=2, legend=len(curves) * (1 + len(posthoc)))
+    for number, (method, runs) in enumerate(curves.items()):
+        panels = [(axes[0, 0], "train_loss", method, "-"), (axes[0, 1], f"{split}_top1", method, "-")]
+        panels += [(axes[0, 1], key, f"{method}, {key[5:-5]}-adjusted", "--") for key in posthoc]
+        for ax, key, label, style in panels:
             values: dict[int, list] = {}
             for run in runs:
                 for row in run.epochs:
                     values.setdefault(int(row["epoch"]), []).append(row.get(key))
             epochs = [ep for ep in sorted(values) if mean_std(values[ep])[0] is not None]
-            ax.plot(epochs, [mean_std(values[ep])[0] for ep in epochs], label=method)
+            if epochs or key == "train_loss" or key == f"{split}_top1":
+                ax.plot(epochs, [mean_std(values[ep])[0] for ep in epochs], style, color=f"C{number % 10}", label=label)
     axes[0, 0].set(xlabel="epoch", ylabel="training loss", title=where)
-    axes[0, 1].set(xlabel="epoch", ylabel="validation top-1 (%)", title=where)
+    axes[0, 1].set(xlabel="epoch", ylabel=f"{'validation' if split == 'val' else 'test'} top-1 (%)", title=where)
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _legend(fig, axes[0, 1])

@@ -41,6 +41,8 @@ NOT_METHOD = {
     "train.progress", "train.resume", "train.compile", "train.amp", "train.channels_last", "eval.batch_size",
 }
 
+# Datasets (of data/__init__.py's IMAGE_LISTS) read as a given split, whose dataset.imbalance_factor does not apply
+GIVEN_SPLITS = {"folder", "cifar10_lt_tfrecord", "cifar100_lt_tfrecord"}
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
 SELECTED_ON_TEST = "SELECTED ON TEST"  # row marker of runs whose epoch was chosen on test (train.select=best_test)
 
@@ -63,7 +65,8 @@ class Entry:
     @property
     def column(self) -> str:
         cfg = self.run.config
-        if cfg.get("dataset.train_list") or cfg.get("dataset.name") == "folder":  # a given split (ImageNet-LT, your own data): its own imbalance, from the counts
+        # a given split (ImageNet-LT, your own data, google's CIFAR-LT files): its own imbalance, from the counts
+        if cfg.get("dataset.train_list") or cfg.get("dataset.name") in GIVEN_SPLITS:
             counts = [c for c in self.class_counts or [] if c > 0]
             return f"IF {max(counts) / min(counts):.0f}" if counts else "given split"
         factor, profile = float(cfg.get("dataset.imbalance_factor", 0)), cfg.get("dataset.profile", "exp")
