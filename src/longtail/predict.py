@@ -216,6 +216,7 @@ def predict_paths(
                 summary.failures += [(str(files[i]), rows[i]["error"]) for i in sorted(rows) if rows[i]["error"]]
                 bar.update(len(items))
         header = {"checkpoint": str(deployment.ckpt_path), "rule": rule.metadata(), "rule_text": rule.describe(),
+                  "target_prior": None if rule.target is None else rule.target.metadata(),
                   "class_names": deployment.class_names, "summary": {"images": summary.total, "predicted": summary.predicted,
                                                                      "unreadable": len(summary.failures)}}
         writer.finish(header)
