@@ -49,8 +49,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     if args.target_prior is not None:
         return _evaluate_target_prior(args)
-    if args.posthoc == "none" and (args.tau is not None or args.pn_mass):
-        raise LongtailError("--tau and --pn-mass go with a correction (--posthoc la|pn|tau_norm, or the run's own)")
     metrics = evaluate_checkpoint(  # without --posthoc: the run's own rule, as metrics.json reports it
         args.run, split=args.split, overrides=args.overrides, posthoc=args.posthoc, tau=args.tau, pn_mass=args.pn_mass,
         imbalance_factor=args.imbalance_factor, class_counts=_class_counts(args.class_counts),

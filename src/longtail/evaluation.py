@@ -107,7 +107,11 @@ def evaluate_checkpoint(
     (run.fit_calibrator; `evaluate --save` stores it with the run).
     """
     cfg, ckpt, ckpt_path = load_run(path, overrides)
+    given_tau = tau is not None
     posthoc, tau = rule_of(cfg, posthoc, tau)
+    if posthoc == "none" and (given_tau or pn_mass is not None):
+        raise LongtailError("a tau or PN class mass goes with a correction, and the rule here is the raw argmax; "
+                            "add --posthoc la|pn|tau_norm")
     if (imbalance_factor is not None or class_counts is not None) and posthoc != "la":
         raise LongtailError("an imbalance factor or class counts only change the prior of the la rule; add --posthoc la")
     pn_mass = pn_mass or cfg.eval.pn_mass
