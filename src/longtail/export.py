@@ -36,7 +36,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import write_json_atomic
 from .calibration import Calibrator
-from .deployment import Deployment, ScoreRule, load_deployment, target_prior
+from .deployment import Deployment, ScoreRule, load_deployment
 from .errors import LongtailError, one_line
 from .priors import target_prior_scores
 from .run import run_directory
