@@ -192,6 +192,9 @@ def test_a_run_without_a_stored_calibration_names_the_command_that_adds_it(ce, t
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"longtail evaluate {old} --save" in err
+    assert main(["tune", str(old), "--posthoc", "la", "--grid", "0,1"]) == 0  # tune adds it too
+    assert load_checkpoint(best)["calibrator"] == stored
+    save_atomic({k: v for k, v in ckpt.items() if k != "format_version"}, best)
     assert main(["evaluate", str(old), "--save"]) == 0
     assert load_checkpoint(best)["calibrator"] == stored
     code, _, _ = predict_json(capsys, old, folder, "--target-prior", "uniform", "--out", tmp_path / "p.json")

@@ -174,7 +174,15 @@ def calibrator_of(cfg: Config, ckpt: dict, ckpt_path: Path, purpose: str = "a ta
             raise no_validation_error(cfg, purpose)
         raise LongtailError(f"the run '{ckpt_path}' stores no calibration ({purpose} needs one; runs trained before "
                             f"longtail stored it lack it); add it with: longtail evaluate {run_directory(ckpt_path)} --save")
-    return Calibrator.from_dict(block), source_log_prior(block["val_counts"])
+    try:
+        calibrator, log_source = Calibrator.from_dict(block), source_log_prior(block["val_counts"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+        raise LongtailError(f"the calibration stored in '{ckpt_path}' is damaged; refit it with: "
+                            f"longtail evaluate {run_directory(ckpt_path)} --save") from None
+    if len(log_source) != ckpt["num_classes"] or (calibrator.bias is not None and len(calibrator.bias) != ckpt["num_classes"]):
+        raise LongtailError(f"the calibration stored in '{ckpt_path}' does not have {ckpt['num_classes']} classes; refit it with: "
+                            f"longtail evaluate {run_directory(ckpt_path)} --save")
+    return calibrator, log_source
 
 
 def run_calibrator(ckpt: dict, val: dict[str, torch.Tensor], method: str = DEFAULT_CALIBRATION) -> dict:
