@@ -35,7 +35,8 @@ import torch
 from .calibration import Calibrator, calibration_summary, ece, format_calibration
 from .data.splits import long_tailed_counts, long_tailed_split
 from .errors import LongtailError
-from .metrics import evaluate_predictions, format_table
+from .evaluation import outputs_of
+from .metrics import class_names_of, evaluate_predictions, format_table
 from .priors import PriorSpec, parse_prior, prior_weights, profile_order, source_log_prior, target_prior_scores
 from .run import DEFAULT_CALIBRATION, load_run, no_validation_error, run_calibrator, run_directory
 
@@ -229,8 +230,6 @@ def format_shift(result: dict, title: str) -> str:
 
 def _check_specs(specs: Sequence[str], ckpt: dict) -> None:
     """Every spec, and every prior file's contents, checked against the run's classes before the model runs."""
-    from .metrics import class_names_of
-
     for spec in specs:
         prior_weights(parse_prior(spec), ckpt["class_counts"], class_names_of(ckpt))
 
@@ -240,7 +239,6 @@ def run_shift(path: str | Path, priors: Sequence[str] = DEFAULT_PRIORS, seed: in
               log: Callable[[str], None] = print) -> dict:
     """`longtail shift`: evaluate the run's checkpoint once, print the table, write RUN_DIR/shift.json."""
     from .checkpoint import write_json_atomic
-    from .evaluation import outputs_of
 
     for p in priors:
         parse_prior(p)  # a typo fails before the checkpoint is read
@@ -307,8 +305,6 @@ def format_target_prior(metrics: dict, title: str) -> str:
 def evaluate_target_prior(path: str | Path, spec: str, overrides: Sequence[str] = (), seed: int = DEFAULT_SEED,
                           calibration: str = DEFAULT_CALIBRATION) -> dict:
     """`longtail evaluate RUN --target-prior SPEC`: the checkpoint run once over val and test."""
-    from .evaluation import outputs_of
-
     parse_prior(spec)  # a typo fails before the checkpoint is read
     cfg, ckpt, ckpt_path = load_run(path, overrides)
     _check_specs([spec], ckpt)
