@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmark this checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, also when imported from elsewhere
 
-from longtail.config import Config, load_config  # noqa: E402
+from longtail.config import CHOICES, Config, load_config  # noqa: E402
 from longtail.data import IN_MEMORY  # noqa: E402
 from longtail.data.base import DataBundle, RawDataset, TensorImages  # noqa: E402
 from longtail.data.cifar import CIFAR  # noqa: E402
@@ -89,6 +89,8 @@ def register_synthetic_dataset(seed: int = 0) -> None:
                           SPEC["num_classes"], SPEC["n_max"], SPEC["mean"], SPEC["std"])
 
     IN_MEMORY[SYNTHETIC] = load
+    if SYNTHETIC not in CHOICES["dataset.name"]:  # names are checked when a config is read
+        CHOICES["dataset.name"] += (SYNTHETIC,)
 
 
 # ----------------------------------------------------------------------------- timing

@@ -325,6 +325,11 @@ def test_adding_a_method_recipe_registers_and_trains(tmp_path, monkeypatch):
     entry = eval("{" + blocks["recipe-registry"].strip().rstrip(",") + "}", vars(module))
     name, make = next(iter(entry.items()))
     monkeypatch.setitem(losses.LOSSES, name, make)
+    import longtail.config as config
+
+    choice = eval("{" + blocks["recipe-choice"].strip().rstrip(",") + "}")
+    assert set(choice["loss.name"]) == set(config.CHOICES["loss.name"]) | {name}  # the recipe's line is today's list + the new name
+    monkeypatch.setitem(config.CHOICES, "loss.name", choice["loss.name"])
 
     config_key = next(k for k in blocks if k.startswith("recipe-config: "))
     config = tmp_path / Path(config_key.split(": ")[1]).name

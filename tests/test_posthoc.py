@@ -152,7 +152,9 @@ def test_evaluate_la_at_tau_0_is_raw_and_the_prior_can_be_overridden(run_dir, ca
     assert adjusted["posthoc"]["prior_counts"] == long_tailed_counts(40, 10, 5) != adjusted["class_counts"]
     code, _, err = _cli(capsys, "evaluate", run_dir, "--posthoc", "la", "--class-counts", "5,4,3")
     assert code == 2 and "10 positive integers" in err
-    code, _, err = _cli(capsys, "evaluate", run_dir, "--tau", "0.5")
+    code, _, _ = _cli(capsys, "evaluate", run_dir, "--tau", "0.5", "--json", run_dir / "tau.json")  # the run's pn at tau 0.5
+    assert code == 0 and json.loads((run_dir / "tau.json").read_text())["posthoc"]["name"] == "pn"
+    code, _, err = _cli(capsys, "evaluate", run_dir, "--posthoc", "none", "--tau", "0.5")
     assert code == 2 and "--posthoc" in err
     code, _, _ = _cli(capsys, "evaluate", run_dir, "--posthoc", "tau_norm", "--tau", "1")
     assert code == 0

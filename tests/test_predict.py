@@ -18,6 +18,7 @@ from longtail.config import load_config
 from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.data.transforms import image_eval_transform
 from longtail.deployment import preprocessing
+from test_target_prior import target_scores
 
 
 @pytest.fixture(scope="module")
@@ -79,27 +80,28 @@ def test_pn_takes_its_class_mass_from_validation(run, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "validation split" in err and "--posthoc la" in err
 
 
-def test_target_prior_file_adds_its_log(run, tmp_path, capsys):
+def test_target_prior_file_moves_the_calibrated_posteriors(run, tmp_path, capsys):
     run_dir, folder, _ = run
     weights = np.arange(1, 11, dtype=np.float64)
     (tmp_path / "prior.txt").write_text(", ".join(map(str, weights)))
     assert predict(capsys, run_dir, folder, "--target-prior", tmp_path / "prior.txt", "--out", tmp_path / "p.csv")[0] == 0
     with open(tmp_path / "p.csv", newline="") as f:
         rows = by_index(list(csv.DictReader(f)))
-    shifted = evaluate_scores(run_dir, "la") + torch.log(torch.tensor(weights / weights.sum(), dtype=torch.float32))
+    # the run's la rule is replaced: calibrated posteriors - log pi_val + log q
+    shifted = target_scores(run_dir, torch.tensor(weights / weights.sum()).log())
     assert [int(r["class_index"]) for r in rows] == shifted.argmax(1).tolist()
     assert np.allclose([float(r["probability"]) for r in rows], shifted.softmax(1).max(1).values.numpy(), atol=1e-5)
     # the same prior as a JSON object by class name
     (tmp_path / "prior.json").write_text(json.dumps({FMNIST_NAMES[c]: float(w) for c, w in enumerate(weights)}))
     assert predict(capsys, run_dir, folder, "--target-prior", tmp_path / "prior.json", "--out", tmp_path / "q.csv")[0] == 0
     assert (tmp_path / "q.csv").read_text() == (tmp_path / "p.csv").read_text()
-    for text, message in (("1 2 3", "has 3 weights but the model has 10 classes"), ("1 " * 9 + "0", "positive"),
-                          ("1 x", "not a list of numbers")):
+    for text, message in (("1 2 3", "has 3 weights but the run has 10 classes"), ("1 " * 9 + "-1", ">= 0"),
+                          ("0 " * 10, "no positive weight"), ("1 x", "not a list of numbers")):
         (tmp_path / "bad.txt").write_text(text)
         code, _, err = predict(capsys, run_dir, folder, "--target-prior", tmp_path / "bad.txt")
         assert code == 2 and message in err and err.count("\n") == 1
     code, _, err = predict(capsys, run_dir, folder, "--target-prior", "no_such_prior.txt")
-    assert code == 2 and "neither a file nor a prior spec" in err
+    assert code == 2 and "neither a prior spec nor an existing file" in err
 
 
 def test_unreadable_images_are_listed_and_the_rest_predicted(run, tmp_path, capsys):
@@ -203,8 +205,8 @@ def test_a_label_shift_spec_is_its_exponential_profile(run, tmp_path, capsys):
     with open(tmp_path / "b.csv", newline="") as f:
         rows = by_index(list(csv.DictReader(f)))
     weights = np.array([10.0 ** (-(9 - c) / 9) for c in range(10)])
-    shifted = evaluate_scores(run_dir, "la") + torch.log(torch.tensor(weights / weights.sum(), dtype=torch.float32))
+    shifted = target_scores(run_dir, torch.tensor(weights / weights.sum()).log())
     assert [int(r["class_index"]) for r in rows] == shifted.argmax(1).tolist()
     assert np.allclose([float(r["probability"]) for r in rows], shifted.softmax(1).max(1).values.numpy(), atol=1e-5)
     code, _, err = predict(capsys, run_dir, folder, "--target-prior", "sideways-3", "--out", tmp_path / "c.csv")
-    assert code == 2 and "neither a file nor a prior spec" in err
+    assert code == 2 and "neither a prior spec nor an existing file" in err

@@ -414,4 +414,4 @@ def test_predict_and_export_see_32_pixel_images_normalised_as_trained(google_run
     run, _ = google_runs["loss"]
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     prep = preprocessing(from_dict(ckpt["config"]), ckpt)
-    assert (prep.size, prep.always_resize, prep.mean, prep.std) == (32, False, (0.5,) * 3, (1.0,) * 3)
+    assert (prep.size, prep.resize, tuple(prep.mean), tuple(prep.std)) == (32, 32, (0.5,) * 3, (1.0,) * 3)  # no centre crop

@@ -23,7 +23,7 @@ from matplotlib.image import imread  # noqa: E402
 from longtail.report import find_runs, results_table, write_report  # noqa: E402
 from longtail.report.figures import effective_probabilities  # noqa: E402
 from longtail.report.tables import build_tables, grid, mean_std  # noqa: E402
-from longtail.report.tables import markdown as results_md  # noqa: E402
+from longtail.report.markdown import markdown as results_md  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

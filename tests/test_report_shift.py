@@ -102,7 +102,7 @@ def test_the_report_still_imports_no_torch(tmp_path: Path):
     root = make_shift_runs(tmp_path / "runs")
     # every report module imported and the new tables built (figures need no torch either, but take seconds)
     code = ("import sys; import longtail.report.figures, longtail.report.html; from longtail.report import find_runs; "
-            "from longtail.report.tables import build_tables, markdown; "
+            "from longtail.report.tables import build_tables; from longtail.report.markdown import markdown; "
             f"text = markdown(build_tables(find_runs([{str(root)!r}])[0])); "
             "print('EM-estimated prior' in text, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=300)

@@ -8,11 +8,17 @@ import math
 import pytest
 import torch
 
-from longtail.calibration import fit_bcts
+from longtail.calibration import Calibrator, fit_bcts
 from longtail.errors import LongtailError
-from longtail.shift import (
-    bbse_prior, em_prior, parse_prior, parse_prior_list, resample, shifted_scores, target_counts,
-)
+from longtail.priors import source_log_prior, target_prior_scores
+from longtail.shift import bbse_prior, em_prior, parse_prior, parse_prior_list, resample, target_counts
+
+IDENTITY = Calibrator("temperature", 1.0)  # log_softmax of log-posteriors: the posteriors themselves
+
+
+def shifted_scores(log_q: torch.Tensor, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """priors.target_prior_scores on posteriors already calibrated."""
+    return target_prior_scores(log_q, IDENTITY, source_log_prior(source), target.log())
 from test_logit_adjustment_analytic import MEAN, _phi, sample, train_linear
 
 # ----------------------------------------------------------------------------- a Gaussian mixture
@@ -140,10 +146,10 @@ def test_known_prior_correction_reaches_the_bayes_error(calibrated_menon, prior_
     b = model.bias.detach() / cal.temperature + cal.bias + target.log() - val_prior.log()
     corrected, bayes = target_error(w, b, prior_pos), bayes_error(prior_pos)
     assert abs(corrected - bayes) < 0.5
-    # and it is the rule shifted_scores applies
+    # and it is the rule priors.target_prior_scores applies
     x = torch.randn(64, 2, dtype=torch.float64)
     with torch.no_grad():
-        scores = shifted_scores(cal.log_probs(model(x)), target, val_prior)
+        scores = target_prior_scores(model(x), cal, source_log_prior(val_prior), target.log())
     assert torch.equal(scores.argmax(-1), (x @ w.T + b).argmax(-1))
 
 
@@ -187,8 +193,8 @@ def test_weights_file(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ("forward-0.5", "must be a finite number >= 1"),
     ("backward-x", "not a number"),
-    ("sideways-10", "unknown test prior"),
-    ("", "unknown test prior"),
+    ("sideways-10", "neither a prior spec nor an existing file"),
+    ("", "neither a prior spec nor an existing file"),
 ])
 def test_bad_specs_are_one_line_errors(spec, message):
     with pytest.raises(LongtailError, match=message) as err:
@@ -197,12 +203,12 @@ def test_bad_specs_are_one_line_errors(spec, message):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("1 2 3", "has 3 weights; the dataset has 4 classes"),
+    ("1 2 3", "has 3 weights but the run has 4 classes"),
     ("1 -2 3 4", "finite and >= 0"),
     ("1 nan 3 4", "finite and >= 0"),
     ("1 inf 3 4", "finite and >= 0"),
     ("0 0 0 0", "no positive weight"),
-    ("one two", "one number per class"),
+    ("one two", "not a list of numbers"),
 ])
 def test_bad_weight_files(tmp_path, content, message):
     path = tmp_path / "w.txt"

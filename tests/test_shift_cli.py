@@ -95,7 +95,7 @@ def test_evaluate_with_a_target_prior(run_dir, capsys, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["shift", "{run}", "--priors", "forward-0.5"], "must be a finite number >= 1"),
-    (["shift", "{run}", "--priors", "uniform,sideways-3"], "unknown test prior 'sideways-3'"),
+    (["shift", "{run}", "--priors", "uniform,sideways-3"], "prior 'sideways-3' is neither a prior spec nor an existing file"),
     (["shift", "{run}", "--priors", "forward-500"], "use an imbalance factor <= 100"),
     (["shift", "{run}", "--seed", "-1"], "--seed"),
     (["evaluate", "{run}", "--target-prior", "uniform", "--posthoc", "la"], "--target-prior"),

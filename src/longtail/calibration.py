@@ -39,6 +39,16 @@ class Calibrator:
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return self.log_probs(logits).exp()
 
+    def to_dict(self) -> dict:
+        """Plain JSON data (a checkpoint's and metrics.json's "calibrator" block)."""
+        return {"method": self.method, "temperature": self.temperature,
+                "bias": None if self.bias is None else [float(b) for b in self.bias]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibrator":
+        bias = data.get("bias")
+        return cls(data["method"], float(data["temperature"]), None if bias is None else torch.tensor(bias, dtype=torch.float64))
+
 
 def _minimise_nll(logits: torch.Tensor, labels: torch.Tensor, with_bias: bool) -> tuple[float, Optional[torch.Tensor]]:
     if len(labels) == 0:

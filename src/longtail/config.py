@@ -160,7 +160,18 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
     "eval.posthoc": ("none", "la", "pn", "tau_norm"),
     "eval.pn_mass": ("val", "transductive"),
     "model.classifier": ("linear", "cosine"),
+    # component names, so a misspelt one fails before any data is built; each list equals the keys of its
+    # name table (data.IN_MEMORY + data.IMAGE_LISTS, models.MODELS, losses.LOSSES; eval.posthoc above:
+    # posthoc.POSTHOC + none), which tests/test_names.py checks
+    "dataset.name": ("fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "folder",
+                     "cifar10_lt_tfrecord", "cifar100_lt_tfrecord"),
+    "model.name": ("resnet8", "resnet20", "resnet32", "resnet50", "resnext50_32x4d", "resnet152", "resnet8_experts",
+                   "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts", "resnet152_experts",
+                   "resnet32_keras", "resnet18_cifar", "resnet34_cifar"),
+    "loss.name": ("ce", "la", "gala", "bagmar", "balanced_softmax", "lgla", "ldam_drw"),
 }
+# Names a key also takes by prefix: any timm network as timm/<name> (models/timm_models.py)
+CHOICE_PREFIXES: dict[str, str] = {"model.name": "timm/"}
 
 
 def _is_section(tp: Any) -> bool:
@@ -265,15 +276,26 @@ def _validate_key(key: str, value: Any) -> Any:
     if key not in SCHEMA:
         raise LongtailError(f"unknown config key {_short(key)}{_closest(key)}")
     value = _coerce(key, value, SCHEMA[key])
-    if key in CHOICES and not any(value == c and type(value) is type(c) for c in CHOICES[key]):
+    if key in CHOICES and not _is_choice(key, value):
         allowed = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
-        raise LongtailError(f"config key '{key}' must be one of {allowed}; got {_short(value)}")
+        if key in CHOICE_PREFIXES:
+            allowed += f" or {CHOICE_PREFIXES[key]}<name>"
+        near = difflib.get_close_matches(value, [c for c in CHOICES[key] if isinstance(c, str)], n=1) if isinstance(value, str) else []
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise LongtailError(f"config key '{key}' must be one of {allowed}; got {_short(value)}{hint}")
     for number in value if isinstance(value, list) else [value]:
         if isinstance(number, float) and not math.isfinite(number):
             raise LongtailError(f"config key '{key}' must be a finite number, got {number}")
         if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 2**32:
             raise LongtailError(f"config key '{key}' is out of range ({_short(number)}); use a value below 2**32")
     return value
+
+
+def _is_choice(key: str, value: Any) -> bool:
+    prefix = CHOICE_PREFIXES.get(key)
+    if prefix and isinstance(value, str) and value.startswith(prefix) and len(value) > len(prefix):
+        return True
+    return any(value == c and type(value) is type(c) for c in CHOICES[key])
 
 
 def parse_override(text: str) -> tuple[str, Any]:

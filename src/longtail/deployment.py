@@ -1,13 +1,12 @@
 """What `longtail predict` and `longtail export` share: a saved run made ready for use outside training.
 
 - Class names: the checkpoint's `class_names`, else the index strings "0" .. "C-1".
-- Preprocessing (`Preprocessing`): the run's evaluation transform, from an image file to the normalised
-  float32 (C, S, S) tensor the network takes. List and folder datasets: RGB, short side resized to
-  round(S * 256 / 224), centre crop S (S = data.image_size), as evaluation does. In-memory datasets
-  (fmnist_lt 28 x 28 grey, cifar*_lt 32 x 32 RGB): an image of exactly S x S pixels is used as it is;
-  any other size is resized (short side S, antialiased) and centre-cropped to S x S. Colour follows the
+- Preprocessing (`Preprocessing`): the run's input contract (run.input_contract, stored in the checkpoint),
+  from an image file to the normalised float32 (C, S, S) tensor the network takes: short side resized to R
+  (antialiased) and centre-cropped to S x S, unless the image is already S x S and R = S (in-memory datasets:
+  R = S, their native size; image files: R = round(S * 256 / 224), as evaluation does). Colour follows the
   checkpoint's channels: a grey model converts colour images to Pillow's 'L' (ITU-R 601-2 luma), an RGB
-  model converts grey ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] with the checkpoint's mean/std.
+  model converts grey ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] with the contract's mean/std.
 - The prediction rule as per-class constants (`ScoreRule`): scores = logits * scale + bias, from the run's
   eval.posthoc / eval.tau unless overridden:
 
@@ -17,13 +16,13 @@
       pn        scores = z - tau * log S             S: the class mass on the run's validation split
 
   pn's scores are the log of p_c / S_c ** tau up to a per-image constant: the same argmax, and their
-  softmax is pn's scores renormalised. A target prior q (predict --target-prior) adds log q. The
-  probabilities reported are softmax(scores).
+  softmax is pn's scores renormalised. A target prior q (predict --target-prior) replaces the rule by
+  priors.target_prior_scores: the run's stored calibration, log p_v(c|x) - log pi_v(c) + log q(c),
+  whatever the run's rule. The probabilities reported are softmax(scores).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,13 +32,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .calibration import Calibrator
 from .config import Config
 from .errors import LongtailError, one_line
 from .metrics import class_names_of
 from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
+from .priors import log_target_prior, target_prior_scores
+from .run import calibrator_of, input_contract_of, load_run, restore_model, rule_of, training_counts
 
-# Image size of the in-memory datasets (their checkpoints do not store it).
-IN_MEMORY_SIZES = {"fmnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32, "cifar10_lt_tfrecord": 32, "cifar100_lt_tfrecord": 32}
 COLOR_MODES = {1: "L", 3: "RGB"}
 
 
@@ -53,9 +53,9 @@ class Preprocessing:
     channels: int
     size: int  # the network's input is size x size
     resize: int  # short side before the centre crop
-    always_resize: bool  # False: in-memory datasets, whose S x S images are used as they are
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"
 
     @property
     def color(self) -> str:
@@ -70,72 +70,100 @@ class Preprocessing:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (C, H, W) -> float32 (C, S, S), normalised."""
-        from torchvision.transforms import v2
+        from torchvision.transforms import InterpolationMode, v2
 
         from .data.transforms import eval_transform
 
-        if self.always_resize or tuple(image.shape[-2:]) != (self.size, self.size):
-            image = v2.CenterCrop(self.size)(v2.Resize(self.resize, antialias=True)(image))
+        if self.resize != self.size or tuple(image.shape[-2:]) != (self.size, self.size):
+            resize = v2.Resize(self.resize, interpolation=InterpolationMode(self.interpolation), antialias=True)
+            image = v2.CenterCrop(self.size)(resize(image))
         return eval_transform(self.mean, self.std)(image)
 
     def metadata(self) -> dict:
         """The input contract, for an export's metadata and the docs."""
-        keep = "" if self.always_resize else f" (an image of exactly {self.size} x {self.size} is used as it is)"
+        keep = f" (an image of exactly {self.size} x {self.size} is used as it is)" if self.resize == self.size else ""
         return {
             "layout": "NCHW", "dtype": "float32", "channels": self.channels, "color": self.color,
             "size": [self.size, self.size], "mean": list(self.mean), "std": list(self.std),
             "normalisation": "x[c] = (pixel[c] / 255 - mean[c]) / std[c], pixels as 0..255 integers",
-            "resize": f"short side to {self.resize} (antialiased), then centre crop {self.size} x {self.size}{keep}",
+            "resize": f"short side to {self.resize} ({self.interpolation}, antialiased), then centre crop "
+                      f"{self.size} x {self.size}{keep}",
         }
 
 
 def preprocessing(cfg: Config, ckpt: dict) -> Preprocessing:
-    channels = ckpt["in_channels"]
+    """The run's input contract (run.input_contract_of) as a callable transform."""
+    contract = input_contract_of(cfg, ckpt)
+    channels = contract["channels"]
     if channels not in COLOR_MODES:
         raise LongtailError(f"the checkpoint takes {channels}-channel images; predict and export handle 1 (grey) or 3 (RGB) channels")
-    mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
+    mean, std = tuple(contract["mean"]), tuple(contract["std"])
     if len(mean) != channels or len(std) != channels:
         raise LongtailError(f"the checkpoint's mean/std have {len(mean)}/{len(std)} values for {channels} channels; the checkpoint is damaged")
-    if cfg.dataset.name in IN_MEMORY_SIZES:
-        size = IN_MEMORY_SIZES[cfg.dataset.name]
-        return Preprocessing(channels, size, size, False, mean, std)
-    from .data.transforms import resize_for_eval
-
-    size = cfg.data.image_size
-    return Preprocessing(channels, size, resize_for_eval(size), True, mean, std)
+    return Preprocessing(channels, int(contract["image_size"]), int(contract["resize"]), mean, std, contract["interpolation"])
 
 
 # ----------------------------------------------------------------------------- the prediction rule
 
 
 @dataclass
+class TargetPrior:
+    """A target prior q with what priors.target_prior_scores needs: the run's calibration and log pi_v."""
+
+    spec: str
+    calibrator: Calibrator
+    log_source: torch.Tensor  # log pi_v (float64)
+    log_q: torch.Tensor  # log q (float64; -inf: a class never predicted)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return target_prior_scores(logits, self.calibrator, self.log_source, self.log_q).float()
+
+    def metadata(self) -> dict:
+        return {"spec": self.spec, "calibrator": self.calibrator.to_dict(), "log_val_prior": _floats(self.log_source),
+                "log_prior": _floats(self.log_q)}
+
+
+def _floats(values: torch.Tensor) -> list:
+    return [float(v) for v in values]  # -inf stays -inf (JSON -Infinity)
+
+
+def target_prior(cfg: Config, ckpt: dict, ckpt_path: Path, spec: str) -> TargetPrior:
+    """`spec` (priors.parse_prior) for this run, with its stored calibration."""
+    log_q = log_target_prior(spec, training_counts(ckpt), class_names_of(ckpt))
+    calibrator, log_source = calibrator_of(cfg, ckpt, ckpt_path, "--target-prior")
+    return TargetPrior(spec, calibrator, log_source, log_q)
+
+
+@dataclass
 class ScoreRule:
-    """scores = logits * scale + bias (+ log_prior); None means 1 / 0 / no prior."""
+    """scores = logits * scale + bias (None means 1 / 0); with a target prior, its scores instead."""
 
     posthoc: str
     tau: float
     scale: Optional[torch.Tensor] = None
     bias: Optional[torch.Tensor] = None
-    log_prior: Optional[torch.Tensor] = None
-    prior_source: Optional[str] = None
+    target: Optional[TargetPrior] = None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.target is not None:
+            return self.target.scores(logits)
         scores = logits.float()
         if self.scale is not None:
             scores = scores * self.scale.to(scores.device)
-        for term in (self.bias, self.log_prior):
-            if term is not None:
-                scores = scores + term.to(scores.device)
+        if self.bias is not None:
+            scores = scores + self.bias.to(scores.device)
         return scores
 
     def describe(self) -> str:
-        text = "raw argmax" if self.posthoc == "none" else describe_posthoc(self.metadata())
-        return text + (f", target prior from {self.prior_source}" if self.prior_source else "")
+        if self.target is not None:
+            cal = self.target.calibrator
+            return f"target prior {self.target.spec} ({cal.method} calibration from val, T = {cal.temperature:.3f})"
+        return "raw argmax" if self.posthoc == "none" else describe_posthoc(self.metadata())
 
     def metadata(self) -> dict:
         return {
             "name": self.posthoc, "tau": self.tau, "class_mass": "val" if self.posthoc == "pn" else None,
-            "target_prior": self.prior_source,
+            "target_prior": None if self.target is None else self.target.spec,
         }
 
 
@@ -178,8 +206,7 @@ def validation_mass(cfg: Config, ckpt: dict, ckpt_path: Path) -> torch.Tensor:
 def configured_rule(cfg: Config, ckpt: dict, ckpt_path: Path, model: nn.Module, posthoc: Optional[str] = None,
                     tau: Optional[float] = None) -> ScoreRule:
     """The run's eval.posthoc / eval.tau, or the ones given."""
-    posthoc = cfg.eval.posthoc if posthoc is None else posthoc
-    tau = cfg.eval.tau if tau is None else tau
+    posthoc, tau = rule_of(cfg, posthoc, tau)
     weight = classifier_weight(model)
     if posthoc != "none":
         check_posthoc(posthoc, weight)  # before pn's pass over the validation split
@@ -201,55 +228,19 @@ class Deployment:
 
 
 def load_deployment(run: str | Path, overrides: Sequence[str] = (), posthoc: Optional[str] = None,
-                    tau: Optional[float] = None, device: Optional[torch.device] = None) -> Deployment:
+                    tau: Optional[float] = None, device: Optional[torch.device] = None,
+                    prior: Optional[str] = None) -> Deployment:
     """A run directory or checkpoint, with `key=value` overrides, its model on `device` (default: the run's
-    `device` setting)."""
+    `device` setting). With a target prior `prior` (a spec) the rule is priors.target_prior_scores."""
     from .distributed import resolve_device
-    from .evaluation import load_run, restore_model
 
+    if prior is not None and (posthoc is not None or tau is not None):
+        raise LongtailError("a target prior replaces the prediction rule (calibrated posteriors moved to that prior); "
+                            "leave out --posthoc and --tau")
     cfg, ckpt, ckpt_path = load_run(run, overrides)
     names = class_names_of(ckpt)
     prep = preprocessing(cfg, ckpt)
+    target = target_prior(cfg, ckpt, ckpt_path, prior) if prior is not None else None  # before the model is built
     model = restore_model(cfg, ckpt, device or resolve_device(cfg.device)).eval()
-    rule = configured_rule(cfg, ckpt, ckpt_path, model, posthoc, tau)
+    rule = ScoreRule("none", 1.0, target=target) if target is not None else configured_rule(cfg, ckpt, ckpt_path, model, posthoc, tau)
     return Deployment(cfg, ckpt, ckpt_path, model, names, prep, rule)
-
-
-# ----------------------------------------------------------------------------- target priors
-
-
-def read_target_prior(spec: str, names: Sequence[str], train_counts: Sequence[int]) -> torch.Tensor:
-    """log q for a target class prior q given as a FILE of per-class weights (normalised here): plain
-    text, numbers separated by commas, spaces or newlines in class-index order; or JSON, a list of
-    numbers or an object {class name: weight} naming every class. A label-shift spec (`uniform`,
-    `forward-IF`, `backward-IF`: longtail.shift) stands for its exponential profile over the training order."""
-    path = Path(spec)
-    if not path.is_file():
-        from .shift import SPEC_HELP, parse_prior, profile_prior
-
-        if spec.strip() == "uniform" or spec.strip().startswith(("forward-", "backward-")):
-            return torch.tensor(profile_prior(parse_prior(spec), train_counts), dtype=torch.float64).log().float()
-        raise LongtailError(f"--target-prior '{spec}' is neither a file nor a prior spec; give {SPEC_HELP} "
-                            f"({len(names)} weights: numbers in class-index order, or a JSON list or {{class name: weight}} object)")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-            if isinstance(data, dict):
-                unknown = sorted(set(data) - set(names))
-                missing = [n for n in names if n not in data]
-                if unknown or missing:
-                    raise LongtailError(f"target prior '{spec}' names unknown classes {unknown[:5]} or misses {missing[:5]}; "
-                                        "give one weight for each of the checkpoint's class names")
-                data = [data[n] for n in names]
-            values = [float(v) for v in data]
-        else:
-            values = [float(v) for v in text.replace(",", " ").split()]
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise LongtailError(f"target prior '{spec}' is not a list of numbers ({one_line(exc, 120)})") from None
-    weights = torch.tensor(values, dtype=torch.float64)
-    if len(values) != len(names):
-        raise LongtailError(f"target prior '{spec}' has {len(values)} weights but the model has {len(names)} classes; give one per class")
-    if not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
-        raise LongtailError(f"target prior '{spec}' must hold positive finite weights (a class that can still occur needs a weight above 0)")
-    return (weights / weights.sum()).log().float()

@@ -39,6 +39,7 @@ from .models import create_model
 from .models.freeze import freeze_backbone, train_mode
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
+from .run import fit_calibrator, input_contract, store_calibrator
 from .posthoc import check_posthoc, classifier_weight, configured_metrics, format_configured
 
 # Keys that may change between a run and its resume without changing what is computed.
@@ -176,9 +177,15 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
         "in_channels": bundle.in_channels,
         "mean": list(bundle.mean),
         "std": list(bundle.std),
+        "input": input_contract(cfg, bundle.in_channels, bundle.mean, bundle.std, native_size(bundle)),
         "model": model.state_dict(),
         **extra,
     }
+
+
+def native_size(bundle: DataBundle) -> Optional[int]:
+    """The side of an in-memory dataset's images (used at that size); None for image files."""
+    return int(bundle.train.images.shape[-1]) if bundle.in_memory else None
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
@@ -418,6 +425,8 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     metrics = configured_metrics(cfg.eval.posthoc, cfg.eval.tau, cfg.eval.pn_mass, test, val,
                                  bundle.class_counts, classifier_weight(model))
     metrics["calibration"] = calibration_summary(test, val, f"no validation split (dataset.val_source={cfg.dataset.val_source})")
+    if val is not None:  # what a target prior needs (priors.py), stored with the checkpoint reported
+        metrics["calibrator"] = fit_calibrator(val, bundle.num_classes)
     metrics.update({
         "split": "test",
         "checkpoint": chosen,
@@ -429,6 +438,8 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     metrics = with_class_names(metrics, bundle.names())
     metrics["launches"] = progress.launches
     if runtime.is_main:
+        if "calibrator" in metrics:
+            store_calibrator(best_path if chosen == "best" else run_dir / "checkpoints" / "last.pt", metrics["calibrator"])
         write_json_atomic(run_dir / "metrics.json", metrics)
         title = f"{selection.tag(cfg)}test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
         print(format_configured(metrics, title))

@@ -6,84 +6,22 @@ any tau, is then computed from those stored logits (`evaluate_checkpoint`, and `
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
 from . import distributed
 from .calibration import calibration_summary
-from .checkpoint import load_checkpoint
-from .config import Config, flatten, from_flat, parse_override
-from .data import DataBundle, build_data, long_tailed_counts
+from .config import Config
+from .data import build_data, long_tailed_counts
 from .inference import predict_split
 from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
-from .models import create_model
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
+from .run import check_bundle, fit_calibrator, load_run, restore_model, rule_of
 from .selection import protocol_fields
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise LongtailError(f"'{path}' is not a run directory: it has no checkpoints/best.pt or checkpoints/last.pt")
-    if not path.is_file():
-        raise LongtailError(f"'{path}' is neither a run directory nor a checkpoint file")
-    return path
-
-
-def run_directory(path: str | Path) -> Path:
-    """Where result files of a run go: the run directory, or the folder of a loose checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
-    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
-    try:
-        stored = flatten(ckpt["config"])
-        from_flat(stored)
-    except LongtailError as exc:
-        raise LongtailError(f"the config stored in '{ckpt_path}' cannot be read by this longtail ({exc})") from None
-    values = {**stored, **dict(parse_override(o) for o in overrides)}
-    return from_flat(values), ckpt, ckpt_path
-
-
-def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
-    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
-    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError):
-        raise LongtailError(
-            f"the checkpoint's weights do not fit model '{cfg.model.name}' with {ckpt['num_classes']} classes; "
-            "it was saved by a different model or class count"
-        ) from None
-    return model.to(device)
-
-
-def check_bundle(bundle: DataBundle, ckpt: dict) -> None:
-    if bundle.num_classes != ckpt["num_classes"]:
-        raise LongtailError(
-            f"the dataset has {bundle.num_classes} classes but the checkpoint was trained on {ckpt['num_classes']}; "
-            "evaluate it on the dataset it was trained on"
-        )
-    if bundle.in_channels != ckpt["in_channels"]:
-        raise LongtailError(
-            f"the dataset has {bundle.in_channels}-channel images but the checkpoint was trained on {ckpt['in_channels']}; "
-            "evaluate it on the dataset it was trained on"
-        )
 
 
 @dataclass
@@ -95,6 +33,11 @@ class RunOutputs:
     class_counts: list[int]  # the training counts saved with the checkpoint
     weight: Optional[torch.Tensor]  # model.classifier.weight, for tau_norm
     splits: dict[str, Optional[dict[str, torch.Tensor]]]  # None: the run has no such split
+    ckpt: dict = field(default_factory=dict, repr=False)  # the checkpoint (class names, stored calibration)
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_names_of(self.ckpt)
 
     def split(self, name: str, purpose: str = "", alternative: str = "use --split test") -> dict[str, torch.Tensor]:
         out = self.splits.get(name)
@@ -122,7 +65,7 @@ def outputs_of(cfg: Config, ckpt: dict, ckpt_path: Path, splits: Sequence[str]) 
         outputs = {s: (predict_split(model, data[s], bundle, cfg, runtime) if data[s] is not None else None) for s in splits}
     finally:
         distributed.cleanup()
-    return RunOutputs(cfg, ckpt_path, list(ckpt["class_counts"]), classifier_weight(model), outputs)
+    return RunOutputs(cfg, ckpt_path, list(ckpt["class_counts"]), classifier_weight(model), outputs, ckpt)
 
 
 def prior_counts(
@@ -149,20 +92,28 @@ def evaluate_checkpoint(
     path: str | Path,
     split: str = "test",
     overrides: Sequence[str] = (),
-    posthoc: str = "none",
-    tau: float = 1.0,
+    posthoc: Optional[str] = None,
+    tau: Optional[float] = None,
     pn_mass: Optional[str] = None,
     imbalance_factor: Optional[float] = None,
     class_counts: Optional[Sequence[int]] = None,
 ) -> dict:
-    """Metrics of a saved model on `split`, optionally after a post-hoc correction (no retraining).
+    """Metrics of a saved model on `split` under a prediction rule (no retraining): by default the run's own
+    eval.posthoc / eval.tau, so the test metrics equal metrics.json's; posthoc "none" is the raw argmax.
 
     pn_mass (default: the run's eval.pn_mass) is where PN's class mass comes from: "val" or the
     evaluated split itself ("transductive"). imbalance_factor / class_counts replace the prior of `la`.
+    With a validation split the result also holds "calibrator", the calibration a target prior uses
+    (run.fit_calibrator; `evaluate --save` stores it with the run).
     """
-    if (imbalance_factor is not None or class_counts is not None) and posthoc != "la":
-        raise LongtailError("an imbalance factor or class counts only change the prior of --posthoc la")
     cfg, ckpt, ckpt_path = load_run(path, overrides)
+    given_tau = tau is not None
+    posthoc, tau = rule_of(cfg, posthoc, tau)
+    if posthoc == "none" and (given_tau or pn_mass is not None):
+        raise LongtailError("a tau or PN class mass goes with a correction, and the rule here is the raw argmax; "
+                            "add --posthoc la|pn|tau_norm")
+    if (imbalance_factor is not None or class_counts is not None) and posthoc != "la":
+        raise LongtailError("an imbalance factor or class counts only change the prior of the la rule; add --posthoc la")
     pn_mass = pn_mass or cfg.eval.pn_mass
     run = outputs_of(cfg, ckpt, ckpt_path, sorted({split, "val"}))  # val (where the run has one): calibration, pn mass
     evaluated = run.split(split)
@@ -172,6 +123,8 @@ def evaluate_checkpoint(
     metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)
     no_val = "the evaluated split is the calibration split" if split == "val" else f"no validation split (dataset.val_source={cfg.dataset.val_source})"
     metrics["calibration"] = calibration_summary(evaluated, None if split == "val" else run.splits.get("val"), no_val)
+    if run.splits.get("val") is not None:
+        metrics["calibrator"] = fit_calibrator(run.splits["val"], len(run.class_counts))
     metrics.update({"split": split, "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts,
                     **protocol_fields(cfg)})  # a checkpoint chosen on test says so wherever it is evaluated
     return with_class_names(metrics, class_names_of(ckpt))
@@ -189,7 +142,4 @@ def sweep(
     return rows
 
 
-__all__ = [
-    "RunOutputs", "load_outputs", "outputs_of", "load_run", "resolve_checkpoint", "restore_model", "check_bundle",
-    "evaluate_checkpoint", "prior_counts", "run_directory", "sweep", "class_mass",
-]
+__all__ = ["RunOutputs", "load_outputs", "outputs_of", "evaluate_checkpoint", "prior_counts", "sweep", "class_mass"]

@@ -8,10 +8,12 @@ to the bias, tau_norm scales the row and its bias), so the exported graph is the
 without a bias to fold into (cosine heads, the multi-expert ensemble: logits = mean over experts) gets
 one multiply-add after it; a per-class constant added to each expert or after averaging is the same.
 
-With `prior_input` the model takes a second input `log_prior` (C,), added to every row:
-scores = the rule's scores + log_prior. The rule's scores are read as adjusted to a uniform class
-prior, so log_prior = log q moves them to a target prior q; zeros (or any constant) leave them as
-they are (softmax and argmax unchanged), so a deployment changes the prior without re-exporting.
+With `prior_input` the model takes a second input `log_prior` (C,), log q of a target prior q, and returns
+priors.target_prior_scores, the rule `predict --target-prior` applies: scores = log p_v(c|x) - log pi_v(c)
++ log_prior(c), p_v = softmax(logits / T + b) the run's stored calibration (folded into the graph as
+constants), pi_v the validation prior it refers to. The run's own rule is not applied then (it is what q
+replaces); a deployment changes the prior without re-exporting. log_prior = log pi_v gives the calibrated
+posterior itself; -inf for a class that cannot occur.
 
 Metadata (class names, preprocessing, rule, versions): ONNX `metadata_props` (each value JSON text);
 for TorchScript a sidecar FILE.json and the same JSON inside the file (`_extra_files` 'longtail.json').
@@ -33,8 +35,11 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import write_json_atomic
+from .calibration import Calibrator
 from .deployment import Deployment, ScoreRule, load_deployment
 from .errors import LongtailError, one_line
+from .priors import target_prior_scores
+from .run import run_directory
 
 INSTALL_HINT = 'pip install "longtail[export]"'
 EXAMPLE_BATCH = 2  # a batch of 1 would freeze the batch dimension
@@ -42,26 +47,31 @@ OPSET = 17
 
 
 class ScoredModel(nn.Module):
-    """images -> scores = logits * scale + bias (+ log_prior when built with prior_input)."""
+    """images -> scores = logits * scale + bias; with a calibration (prior_input), (images, log_prior) ->
+    priors.target_prior_scores(logits, calibrator, log_source, log_prior)."""
 
-    def __init__(self, model: nn.Module, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], prior_input: bool):
+    def __init__(self, model: nn.Module, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                 calibration: Optional[tuple[Calibrator, torch.Tensor]] = None):
         super().__init__()
         self.model = model
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
-        self.prior_input = prior_input
+        self.calibrator = None if calibration is None else calibration[0]
+        self.register_buffer("log_source", None if calibration is None else calibration[1].float())
 
-    def scores(self, images: torch.Tensor) -> torch.Tensor:
-        scores = self.model(images)["logits"]
-        if self.scale is not None:
-            scores = scores * self.scale
-        if self.bias is not None:
-            scores = scores + self.bias
-        return scores
+    @property
+    def prior_input(self) -> bool:
+        return self.calibrator is not None
 
     def forward(self, images: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-        scores = self.scores(images)
-        return scores + log_prior if self.prior_input else scores
+        logits = self.model(images)["logits"]
+        if self.calibrator is not None:
+            return target_prior_scores(logits.float(), self.calibrator, self.log_source, log_prior).float()
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits
 
 
 def fold_rule(model: nn.Module, rule: ScoreRule) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], str]:
@@ -85,15 +95,20 @@ def fold_rule(model: nn.Module, rule: ScoreRule) -> tuple[Optional[torch.Tensor]
 
 
 def prepared_model(deployment: Deployment, prior_input: bool) -> tuple[ScoredModel, str]:
+    """The network with the rule folded in, or (prior_input) followed by the target-prior scores."""
     model = deployment.model.float().cpu().eval()
+    if prior_input:
+        target = deployment.rule.target
+        return ScoredModel(model, None, None, (target.calibrator, target.log_source)).eval(), "none (target-prior scores)"
     scale, bias, folded = fold_rule(model, deployment.rule)
-    return ScoredModel(model, scale, bias, prior_input).eval(), folded
+    return ScoredModel(model, scale, bias).eval(), folded
 
 
 def metadata(deployment: Deployment, fmt: str, folded: str, prior_input: bool) -> dict:
     names, prep = deployment.class_names, deployment.preprocessing
     count = len(names)
-    scores_are = ("the run's prediction rule applied to the logits" + (" plus log_prior" if prior_input else "")
+    scores_are = (("log p(c|x) - log pi_val(c) + log_prior(c), the run's calibrated posterior moved to the target "
+                   "prior" if prior_input else "the run's prediction rule applied to the logits")
                   + "; argmax = predicted class index, softmax = class probabilities")
     return {
         "format": fmt,
@@ -101,16 +116,26 @@ def metadata(deployment: Deployment, fmt: str, folded: str, prior_input: bool) -
         "num_classes": count,
         "input": {"name": "images", "shape": ["batch", prep.channels, prep.size, prep.size], **prep.metadata()},
         "prior_input": ({"name": "log_prior", "shape": [count], "dtype": "float32",
-                         "meaning": "log of the target class prior, added to every row of scores; zeros keep the rule's scores"}
+                         "meaning": "log q of the target class prior (any additive constant is harmless); "
+                                    "-inf: a class that cannot occur"}
                         if prior_input else None),
         "output": {"name": "scores", "shape": ["batch", count], "meaning": scores_are},
-        "rule": {**deployment.rule.metadata(), "text": deployment.rule.describe(), "folded_into": folded,
-                 "scale": _values(deployment.rule.scale), "bias": _values(deployment.rule.bias)},
+        "rule": _rule_metadata(deployment.rule, folded, prior_input),
         "checkpoint": str(deployment.ckpt_path),
         "model": deployment.cfg.model.name,
         "longtail_version": __version__,
         "torch_version": torch.__version__,
     }
+
+
+def _rule_metadata(rule: ScoreRule, folded: str, prior_input: bool) -> dict:
+    if prior_input:
+        cal = rule.target.calibrator
+        return {"name": "target_prior", "text": f"target prior from the log_prior input ({cal.method} calibration from "
+                f"val, T = {cal.temperature:.3f})", "folded_into": folded, "calibrator": cal.to_dict(),
+                "log_val_prior": _values(rule.target.log_source)}
+    return {**rule.metadata(), "text": rule.describe(), "folded_into": folded, "scale": _values(rule.scale),
+            "bias": _values(rule.bias)}
 
 
 def _values(constants: Optional[torch.Tensor]) -> Optional[list[float]]:
@@ -202,13 +227,15 @@ class ExportResult:
 def export_run(run: str | Path, fmt: str, out: Optional[str | Path] = None, prior_input: bool = False,
                posthoc: Optional[str] = None, tau: Optional[float] = None, overrides: Sequence[str] = ()) -> ExportResult:
     """Export the run at `run` in format `fmt` (onnx | torchscript) to `out` (default: in the run directory)."""
-    from .evaluation import run_directory
-
     if fmt not in FORMATS:
         raise LongtailError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise LongtailError(f"ONNX export needs the onnx package: {INSTALL_HINT}")
-    deployment = load_deployment(run, overrides, posthoc, tau, torch.device("cpu"))
+    if prior_input and (posthoc is not None or tau is not None):
+        raise LongtailError("--prior-input exports the target-prior scores, which replace the run's rule; leave out --posthoc and --tau")
+    # with prior_input, a uniform prior stands in while loading: it checks the stored calibration, and the
+    # graph takes log q as its input
+    deployment = load_deployment(run, overrides, posthoc, tau, torch.device("cpu"), prior="uniform" if prior_input else None)
     path = Path(out) if out is not None else run_directory(run) / f"model{SUFFIXES[fmt]}"
     scored, folded = prepared_model(deployment, prior_input)
     meta = metadata(deployment, fmt, folded, prior_input)

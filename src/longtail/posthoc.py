@@ -20,7 +20,7 @@ from torch import nn
 
 from .calibration import format_calibration
 from .errors import LongtailError
-from .losses.logit_adjusted import log_prior
+from .priors import log_prior
 from .metrics import TABLE_KEYS, evaluate_predictions, expert_metrics, format_rows, format_table
 
 MASS_SOURCES = ("val", "transductive")

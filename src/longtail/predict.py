@@ -3,8 +3,8 @@
 Folders are searched recursively for torchvision's image extensions (hidden files and folders skipped);
 a file named on the command line is always tried. Images go through the run's evaluation transform
 (deployment.Preprocessing), in batches, through `inference.predict` (the run's precision and layout),
-and are scored by the run's prediction rule (deployment.ScoreRule), or by --posthoc / --tau and a target
-prior. Rows are written as each batch finishes, in input order: CSV (default) or JSON (by --out's
+and are scored by the run's prediction rule (deployment.ScoreRule), or by --posthoc / --tau, or, with a
+target prior q, by priors.target_prior_scores (the run's stored calibration moved to q). Rows are written as each batch finishes, in input order: CSV (default) or JSON (by --out's
 extension). An image that cannot be read gets a row with its reason and no prediction; the others are
 still predicted, and the result says how many failed (the CLI then exits with 1).
 """
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .deployment import Preprocessing, load_deployment, read_target_prior
+from .deployment import Preprocessing, load_deployment
 from .errors import LongtailError, one_line
 
 DEFAULT_TOP_K = 5
@@ -185,16 +185,13 @@ def predict_paths(
     if out is not None and Path(out).suffix.lower() not in WRITERS:
         raise LongtailError(f"--out '{out}' must end in {' or '.join(WRITERS)} (the output format follows the extension)")
     files = find_images(paths)  # a mistyped path fails before the model is loaded
-    deployment = load_deployment(run, overrides, posthoc, tau)
+    deployment = load_deployment(run, overrides, posthoc, tau, prior=target_prior)
     device = next(deployment.model.parameters()).device
     num_classes = len(deployment.class_names)
     k = min(DEFAULT_TOP_K, num_classes) if top_k is None else top_k
     if not 1 <= k <= num_classes:
         raise LongtailError(f"--top-k {k} must be between 1 and the model's {num_classes} classes")
     rule = deployment.rule
-    if target_prior is not None:
-        rule.log_prior, rule.prior_source = read_target_prior(target_prior, deployment.class_names,
-                                                                     deployment.ckpt["class_counts"]), target_prior
     model = prepare_model(deployment.model, deployment.cfg, device)
     runtime = Runtime(device)
 
@@ -219,6 +216,7 @@ def predict_paths(
                 summary.failures += [(str(files[i]), rows[i]["error"]) for i in sorted(rows) if rows[i]["error"]]
                 bar.update(len(items))
         header = {"checkpoint": str(deployment.ckpt_path), "rule": rule.metadata(), "rule_text": rule.describe(),
+                  "target_prior": None if rule.target is None else rule.target.metadata(),
                   "class_names": deployment.class_names, "summary": {"images": summary.total, "predicted": summary.predicted,
                                                                      "unreadable": len(summary.failures)}}
         writer.finish(header)

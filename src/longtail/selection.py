@@ -21,8 +21,8 @@ from .data import DataBundle
 from .distributed import Runtime
 from .inference import predict_split
 from .posthoc import classifier_weight, configured_metrics
+from .protocol import SELECTED_ON_TEST
 
-SELECTED_ON_TEST = "SELECTED ON TEST"
 WARNING = (f"{SELECTED_ON_TEST}: train.select=best_test chose the reported epoch by its test accuracy (the released "
            "codes' protocol), so these test metrics are optimistic and not comparable with runs selected on validation")
 RECORDED = ("top1", "mean_class_acc", "many", "medium", "few")  # per-epoch test metrics in epochs.jsonl

@@ -1,12 +1,14 @@
 """Label shift: evaluating one trained model under other test class priors, and correcting its
 predictions to a known or estimated target prior.
 
-Posteriors q(c|x) calibrated on the validation split (calibration.py) refer to the validation prior
-pi_val. For a target prior pi_t, Bayes' rule predicts argmax_c log q(c|x) + log pi_t(c) - log pi_val(c)
-(post-hoc LA is the case pi_t uniform, source = training prior). Corrections, one table below:
+Posteriors q(c|x) calibrated on the validation split (the run's stored calibration, run.py) refer to the
+validation prior pi_val. For a target prior pi_t every correction predicts with the one rule of priors.py,
+argmax_c log q(c|x) - log pi_val(c) + log pi_t(c) (post-hoc LA is the case pi_t uniform, source = training
+prior); they differ in where pi_t comes from. Corrections, one table below:
 
 - none:  the model's own argmax (raw logits), no calibration.
-- known: the true prior of the evaluated set, given.
+- known: the prior the test spec stands for (priors.prior_weights), the one `predict --target-prior`
+         takes; the resampled set's frequencies differ from it only by rounding to whole images.
 - em:    Saerens, Latinne, Decaestecker (Neural Computation 2002): EM on the calibrated posteriors of
          the unlabelled evaluated set, started from and referred to pi_val, in log space.
 - bbse:  Lipton, Wang, Smola (ICML 2018): solve C w = mu, C[i, j] = P(pred i, true j) on validation,
@@ -15,15 +17,14 @@ pi_val. For a target prior pi_t, Bayes' rule predicts argmax_c log q(c|x) + log 
 
 Test priors (SADE's test-agnostic protocol, Zhang et al. NeurIPS 2022): `uniform`, `forward-IF`
 (the exponential profile over the test split's per-class counts, classes in training order: most
-frequent training class first), `backward-IF` (that order reversed), or a file of per-class weights.
-Each keeps a seeded per-class subsample of the test split (data.splits.long_tailed_split).
+frequent training class first), `backward-IF` (that order reversed), or a file of per-class weights
+(priors.py: one grammar and one file rule). Each keeps a seeded per-class subsample of the test split
+(data.splits.long_tailed_split).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -31,104 +32,31 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .calibration import Calibrator, calibration_summary, ece, fit_calibration, format_calibration
+from .calibration import Calibrator, calibration_summary, ece, format_calibration
 from .data.splits import long_tailed_counts, long_tailed_split
-from .errors import LongtailError, one_line
-from .metrics import evaluate_predictions, format_table
+from .errors import LongtailError
+from .evaluation import outputs_of
+from .metrics import class_names_of, evaluate_predictions, format_table
+from .priors import PriorSpec, parse_prior, prior_weights, profile_order, source_log_prior, target_prior_scores
+from .run import DEFAULT_CALIBRATION, load_run, no_validation_error, run_calibrator, run_directory
 
 DEFAULT_PRIORS = ("forward-50", "forward-10", "uniform", "backward-10", "backward-50")
 DEFAULT_SEED = 0
-SPEC_HELP = "uniform, forward-IF or backward-IF (IF >= 1, e.g. forward-50), or a file of per-class weights"
 
 
 # ----------------------------------------------------------------------------- test priors
 
 
-@dataclass
-class TestPrior:
-    """A parsed test-prior spec: kind uniform | forward | backward | file."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    spec: str
-    kind: str
-    factor: float = 1.0
-    weights: Optional[list[float]] = None
-
-
-def parse_prior(spec: str) -> TestPrior:
-    spec = spec.strip()
-    if spec == "uniform":
-        return TestPrior(spec, "uniform")
-    match = re.fullmatch(r"(forward|backward)-(.+)", spec)
-    if match and not Path(spec).is_file():
-        try:
-            factor = float(match.group(2))
-        except ValueError:
-            raise LongtailError(f"test prior '{spec}': '{match.group(2)}' is not a number; use {SPEC_HELP}") from None
-        if not math.isfinite(factor) or factor < 1:
-            raise LongtailError(f"test prior '{spec}': the imbalance factor must be a finite number >= 1 "
-                                f"(n_max / n_min), got {match.group(2)}; e.g. {match.group(1)}-50")
-        return TestPrior(spec, match.group(1), factor)
-    if Path(spec).is_file():
-        return TestPrior(spec, "file", weights=_read_weights(Path(spec)))
-    raise LongtailError(f"unknown test prior '{spec}' (and no such file); use {SPEC_HELP}")
-
-
-def _read_weights(path: Path) -> list[float]:
-    """Per-class weights from a JSON list or numbers separated by whitespace or commas."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LongtailError(f"cannot read the prior file '{path}' ({one_line(exc)})") from None
-    try:
-        values = json.loads(text) if text.lstrip().startswith("[") else [float(v) for v in re.split(r"[\s,]+", text.strip()) if v]
-        values = [float(v) for v in values]
-    except (ValueError, TypeError):
-        raise LongtailError(f"the prior file '{path}' must hold one number per class (a JSON list, or numbers "
-                            "separated by spaces, commas or newlines)") from None
-    bad = [v for v in values if not math.isfinite(v) or v < 0]
-    if bad:
-        raise LongtailError(f"the prior file '{path}' holds {bad[0]}; class weights must be finite and >= 0")
-    if not values or sum(values) <= 0:
-        raise LongtailError(f"the prior file '{path}' has no positive weight; give one weight >= 0 per class, not all 0")
-    return values
-
-
-def profile_order(prior: TestPrior, train_counts: Sequence[int]) -> list[int]:
-    """Classes by profile rank: the training order (most frequent training class first, stable) for
-    forward-IF, reversed for backward-IF."""
-    order = sorted(range(len(train_counts)), key=lambda c: -train_counts[c])
-    return order[::-1] if prior.kind == "backward" else order
-
-
-def profile_prior(prior: TestPrior, train_counts: Sequence[int]) -> list[float]:
-    """The class prior a uniform / forward-IF / backward-IF spec stands for (label order, sums to 1): the
-    exponential profile IF^(-rank / (C - 1)) over the classes in training order (most frequent first), or
-    reversed. What `target_counts` subsamples a test split towards, without the rounding to whole images."""
-    num_classes = len(train_counts)
-    if prior.kind == "uniform" or num_classes == 1:
-        return [1.0 / num_classes] * num_classes
-    if prior.kind not in ("forward", "backward"):
-        raise LongtailError(f"test prior '{prior.spec}' is a file, not a profile; read its weights instead")
-    weights = [0.0] * num_classes
-    for rank, cls in enumerate(profile_order(prior, train_counts)):
-        weights[cls] = prior.factor ** (-rank / (num_classes - 1))
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
-def target_counts(prior: TestPrior, available: Sequence[int], train_counts: Sequence[int]) -> list[int]:
-    """Test images to keep per class (label order). available: the test split's images per class."""
+def target_counts(prior: PriorSpec, available: Sequence[int], train_counts: Sequence[int],
+                  names: Optional[Sequence[str]] = None) -> list[int]:
+    """Test images to keep per class (label order). available: the test split's images per class;
+    names: the class names a {name: weight} prior file refers to (default: the index strings)."""
     num_classes = len(available)
     n_max = min(available)
     if prior.kind == "uniform":
         return [n_max] * num_classes
     if prior.kind == "file":
-        weights = prior.weights or []
-        if len(weights) != num_classes:
-            raise LongtailError(f"the prior file '{prior.spec}' has {len(weights)} weights; the dataset has "
-                                f"{num_classes} classes (one weight per class, in label order)")
+        weights = prior_weights(prior, train_counts, names or [str(c) for c in range(num_classes)]).tolist()
         top = max(weights)
         return [int(n_max * w / top) for w in weights]
     if prior.factor > n_max:
@@ -141,14 +69,15 @@ def target_counts(prior: TestPrior, available: Sequence[int], train_counts: Sequ
     return counts
 
 
-def resample(labels: torch.Tensor, prior: TestPrior, train_counts: Sequence[int], seed: int) -> torch.Tensor:
+def resample(labels: torch.Tensor, prior: PriorSpec, train_counts: Sequence[int], seed: int,
+             names: Optional[Sequence[str]] = None) -> torch.Tensor:
     """Indices (sorted) of a seeded per-class subsample of a labelled split following `prior`."""
     labels_np = labels.cpu().numpy()
     available = np.bincount(labels_np, minlength=len(train_counts)).tolist()
     if min(available) == 0:
         empty = available.index(0)
         raise LongtailError(f"the test split has no image of class {empty}; test priors resample every class")
-    keep, _ = long_tailed_split(labels_np, target_counts(prior, available, train_counts), seed)
+    keep, _ = long_tailed_split(labels_np, target_counts(prior, available, train_counts, names), seed)
     return torch.from_numpy(keep)
 
 
@@ -200,18 +129,15 @@ def bbse_prior(val_preds: torch.Tensor, val_labels: torch.Tensor, target_preds: 
     return PriorEstimate(prior / prior.sum(), note)
 
 
-def shifted_scores(log_q: torch.Tensor, target_prior: torch.Tensor, source_prior: torch.Tensor) -> torch.Tensor:
-    """log q(c|x) + log pi_t(c) - log pi_s(c); a class of target prior 0 is never predicted."""
-    return log_q.double() + target_prior.double().log() - source_prior.double().log()
-
-
 @dataclass
 class ShiftInputs:
     """What the corrections may use for one evaluated (resampled) set."""
 
     logits: torch.Tensor  # raw model logits of the evaluated set
+    calibrator: Calibrator  # the run's calibration (fitted on val)
     log_q: torch.Tensor  # calibrated log-posteriors of the evaluated set (w.r.t. source_prior)
-    true_prior: torch.Tensor  # the evaluated set's class frequencies (for `known` only)
+    true_prior: torch.Tensor  # the evaluated set's class frequencies (what estimates are measured against)
+    target_prior: torch.Tensor  # the prior the spec stands for (priors.prior_weights), for `known`
     source_prior: torch.Tensor  # the validation split's class frequencies
     val_log_q: torch.Tensor
     val_labels: torch.Tensor
@@ -220,19 +146,22 @@ class ShiftInputs:
 # name -> function giving (target prior, or None for the raw argmax; estimated?; note)
 CORRECTIONS: dict[str, Callable[[ShiftInputs], tuple[Optional[PriorEstimate], bool]]] = {
     "none": lambda inp: (None, False),
-    "known": lambda inp: (PriorEstimate(inp.true_prior), False),
+    "known": lambda inp: (PriorEstimate(inp.target_prior), False),
     "em": lambda inp: (em_prior(inp.log_q, inp.source_prior), True),
     "bbse": lambda inp: (bbse_prior(inp.val_log_q.argmax(-1), inp.val_labels, inp.log_q.argmax(-1), inp.source_prior), True),
 }
 
 
 def corrected_predictions(name: str, inputs: ShiftInputs) -> tuple[torch.Tensor, Optional[PriorEstimate], bool]:
+    """Predictions of one correction: the raw argmax, or priors.target_prior_scores at its prior."""
     if name not in CORRECTIONS:
         raise LongtailError(f"unknown label-shift correction '{name}'; choose one of {', '.join(CORRECTIONS)}")
     estimate, estimated = CORRECTIONS[name](inputs)
     if estimate is None:
         return inputs.logits.argmax(-1), None, False
-    return shifted_scores(inputs.log_q, estimate.prior, inputs.source_prior).argmax(-1), estimate, estimated
+    scores = target_prior_scores(inputs.logits, inputs.calibrator, source_log_prior(inputs.source_prior),
+                                 estimate.prior.double().log())
+    return scores.argmax(-1), estimate, estimated
 
 
 # ----------------------------------------------------------------------------- runs
@@ -246,28 +175,32 @@ def validation_of(run, purpose: str) -> dict[str, torch.Tensor]:
     """The run's validation outputs, or the one error that says how to get a validation split."""
     val = run.splits.get("val")
     if val is None:
-        raise LongtailError(
-            f"{purpose} needs a validation split to calibrate the posteriors on, and this run has none "
-            f"(dataset.val_source={run.cfg.dataset.val_source}); add the override dataset.val_source=test_holdout "
-            "(a labelled hold-out of the test set, e.g. with dataset.val_per_class=20)"
-        )
+        raise no_validation_error(run.cfg, purpose)
     return val
 
 
+def _calibration(run, val: dict[str, torch.Tensor], method: str) -> tuple[Calibrator, torch.Tensor]:
+    """The run's stored calibration (fitted on this validation split when it has none, or another method),
+    and the validation prior."""
+    block = run_calibrator(run.ckpt, val, method)
+    return Calibrator.from_dict(block), class_prior(val["labels"], len(run.class_counts))
+
+
 def shift_evaluation(run, priors: Sequence[str] = DEFAULT_PRIORS, seed: int = DEFAULT_SEED,
-                     calibration: str = "bcts", log: Callable[[str], None] = lambda line: None) -> dict:
+                     calibration: str = DEFAULT_CALIBRATION, log: Callable[[str], None] = lambda line: None) -> dict:
     """shift.json's body for a run evaluated once (evaluation.RunOutputs with 'val' and 'test')."""
     parsed = [parse_prior(p) for p in priors]  # every spec checked before any work
     val, test = validation_of(run, "longtail shift"), run.split("test")
-    calibrator = fit_calibration(calibration, val["logits"], val["labels"])
+    calibrator, source = _calibration(run, val, calibration)
     num_classes = len(run.class_counts)
-    source = class_prior(val["labels"], num_classes)
     log_q, val_log_q = calibrator.log_probs(test["logits"]), calibrator.log_probs(val["logits"])
     rows = []
     for prior in parsed:
-        keep = resample(test["labels"], prior, run.class_counts, seed)
+        keep = resample(test["labels"], prior, run.class_counts, seed, run.class_names)
         labels = test["labels"][keep]
-        inputs = ShiftInputs(test["logits"][keep], log_q[keep], class_prior(labels, num_classes), source, val_log_q, val["labels"])
+        target = prior_weights(prior, run.class_counts, run.class_names)
+        inputs = ShiftInputs(test["logits"][keep], calibrator, log_q[keep], class_prior(labels, num_classes), target,
+                             source, val_log_q, val["labels"])
         for name in CORRECTIONS:
             preds, estimate, estimated = corrected_predictions(name, inputs)
             if estimate is not None and estimate.note:
@@ -276,7 +209,7 @@ def shift_evaluation(run, priors: Sequence[str] = DEFAULT_PRIORS, seed: int = DE
             l1 = float((estimate.prior - inputs.true_prior).abs().sum()) if estimated else None
             rows.append({"test_prior": prior.spec, "n_images": len(labels), "correction": name,
                          "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "prior_l1": l1})
-    block = {"method": calibration, "temperature": calibrator.temperature, "split": "val",
+    block = {"method": calibrator.method, "temperature": calibrator.temperature, "split": "val",
              "ece_before": ece(test["logits"].double().softmax(-1), test["labels"]),
              "ece_after": ece(log_q.exp(), test["labels"])}
     return {"calibration": block, "rows": rows}
@@ -295,20 +228,27 @@ def format_shift(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def _check_specs(specs: Sequence[str], ckpt: dict) -> None:
+    """Every spec, and every prior file's contents, checked against the run's classes before the model runs."""
+    for spec in specs:
+        prior_weights(parse_prior(spec), ckpt["class_counts"], class_names_of(ckpt))
+
+
 def run_shift(path: str | Path, priors: Sequence[str] = DEFAULT_PRIORS, seed: int = DEFAULT_SEED,
-              overrides: Sequence[str] = (), calibration: str = "bcts", write: bool = True,
+              overrides: Sequence[str] = (), calibration: str = DEFAULT_CALIBRATION, write: bool = True,
               log: Callable[[str], None] = print) -> dict:
     """`longtail shift`: evaluate the run's checkpoint once, print the table, write RUN_DIR/shift.json."""
     from .checkpoint import write_json_atomic
-    from .evaluation import load_outputs, run_directory
 
     for p in priors:
-        parse_prior(p)  # a typo fails before the model runs
+        parse_prior(p)  # a typo fails before the checkpoint is read
     if not 0 <= seed < 2**32:
         raise LongtailError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed}")
     if calibration not in ("temperature", "bcts"):
         raise LongtailError(f"unknown calibration '{calibration}'; choose temperature or bcts")
-    run = load_outputs(path, overrides, ("val", "test"))
+    cfg, ckpt, ckpt_path = load_run(path, overrides)
+    _check_specs(priors, ckpt)
+    run = outputs_of(cfg, ckpt, ckpt_path, ("val", "test"))
     result = shift_evaluation(run, priors, seed, calibration, log)
     log(format_shift(result, f"label shift: test priors x corrections, accuracy (%) of {run.ckpt_path} (seed {seed})"))
     if write:
@@ -328,24 +268,28 @@ def parse_prior_list(text: str) -> list[str]:
 # ----------------------------------------------------------------------------- evaluate --target-prior
 
 
-def target_prior_metrics(run, spec: str, seed: int = DEFAULT_SEED, calibration: str = "bcts") -> dict:
-    """The test split resampled to `spec`, predictions corrected to that (known) prior: the usual
-    metrics at the top level, the uncorrected argmax on the same images under 'raw'."""
+def target_prior_metrics(run, spec: str, seed: int = DEFAULT_SEED, calibration: str = DEFAULT_CALIBRATION) -> dict:
+    """The test split resampled to `spec`, predictions corrected to that (known) prior q, the one
+    predict --target-prior uses (priors.target_prior_scores): the usual metrics at the top level, the
+    uncorrected argmax on the same images under 'raw'."""
     prior = parse_prior(spec)
     val, test = validation_of(run, "--target-prior"), run.split("test")
-    keep = resample(test["labels"], prior, run.class_counts, seed)
+    keep = resample(test["labels"], prior, run.class_counts, seed, run.class_names)
     labels, logits = test["labels"][keep], test["logits"][keep]
-    calibrator: Calibrator = fit_calibration(calibration, val["logits"], val["labels"])
+    calibrator, source = _calibration(run, val, calibration)
     num_classes = len(run.class_counts)
-    target = class_prior(labels, num_classes)
-    scores = shifted_scores(calibrator.log_probs(logits), target, class_prior(val["labels"], num_classes))
+    log_q = prior_weights(prior, run.class_counts, run.class_names).log()
+    scores = target_prior_scores(logits, calibrator, source_log_prior(source), log_q)
     metrics = evaluate_predictions(scores.argmax(-1), labels, run.class_counts)
     metrics.update({
         "raw": evaluate_predictions(logits.argmax(-1), labels, run.class_counts),
         "posthoc": None,
         "target_prior": {"spec": spec, "seed": seed, "counts": torch.bincount(labels, minlength=num_classes).tolist(),
-                         "calibration": calibration, "temperature": calibrator.temperature},
+                         "prior": log_q.exp().tolist(), "calibration": calibrator.method,
+                         "temperature": calibrator.temperature},
         "calibration": calibration_summary({"logits": logits, "labels": labels}, val),
+        "indices": keep.tolist(),  # the test images kept (positions in the test split)
+        "predictions": scores.argmax(-1).tolist(),
     })
     return metrics
 
@@ -359,12 +303,12 @@ def format_target_prior(metrics: dict, title: str) -> str:
 
 
 def evaluate_target_prior(path: str | Path, spec: str, overrides: Sequence[str] = (), seed: int = DEFAULT_SEED,
-                          calibration: str = "bcts") -> dict:
+                          calibration: str = DEFAULT_CALIBRATION) -> dict:
     """`longtail evaluate RUN --target-prior SPEC`: the checkpoint run once over val and test."""
-    from .evaluation import load_outputs
-
-    parse_prior(spec)  # a typo fails before the model runs
-    run = load_outputs(path, overrides, ("val", "test"))
+    parse_prior(spec)  # a typo fails before the checkpoint is read
+    cfg, ckpt, ckpt_path = load_run(path, overrides)
+    _check_specs([spec], ckpt)
+    run = outputs_of(cfg, ckpt, ckpt_path, ("val", "test"))
     metrics = target_prior_metrics(run, spec, seed, calibration)
     metrics.update({"split": "test", "checkpoint_path": str(run.ckpt_path), "class_counts": run.class_counts})
     return metrics

@@ -1,6 +1,7 @@
 """Choosing tau of a post-hoc correction: sweep a grid on the validation split, keep the best
 top-1 (the validation split is class-balanced, so this is balanced accuracy), report test metrics
-at that tau, and write `tune_<posthoc>.json` into the run directory.
+at that tau, and write `tune_<posthoc>.json` into the run directory (and the run's calibration, for
+target priors, into its checkpoint and metrics.json when they lack it: run.store_calibrator).
 
 Sweeping on the test set is possible only when asked (`on="test"`), and everything written or
 printed then says TUNED ON TEST: such a tau, and the test metrics at it, are optimistic.
@@ -14,12 +15,14 @@ from typing import Callable, Optional, Sequence
 
 from .errors import LongtailError
 from .checkpoint import write_json_atomic
-from .evaluation import load_run, outputs_of, run_directory, sweep
+from .evaluation import outputs_of, sweep
 from .metrics import class_names_of, format_table, with_class_names
 from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics
+from .protocol import TUNED_ON_TEST
+from .run import fit_calibrator, load_run, run_directory, store_calibrator
 
 DEFAULT_GRID = "0:2:0.1"
-ON_TEST = "TUNED ON TEST"
+ON_TEST = TUNED_ON_TEST  # the label of tune.py's outputs when tau was chosen on test
 MAX_GRID = 10_000  # values in one sweep
 
 
@@ -94,6 +97,8 @@ def tune(
         out = run_directory(path) / f"tune_{posthoc}.json"
         write_json_atomic(out, result)
         log(_tag(on) + f"wrote {out}")
+        if run.splits.get("val") is not None and store_calibrator(run.ckpt_path, fit_calibrator(run.splits["val"], len(run.class_counts))):
+            log(f"stored the run's calibration (for target priors) in {run.ckpt_path}")
     return result
 
 

@@ -13,16 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..priors import log_prior  # log(n_c / sum n + 1e-12), as Menon et al.'s code: an empty class stays finite
 from .base import Loss
-
-# Menon et al.'s TensorFlow code adds this inside the log, so an empty class stays finite.
-LOG_EPS = 1e-12
-
-
-def log_prior(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """log pi_c of the training split, in float32."""
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    return torch.log(counts / counts.sum() + LOG_EPS).float()
 
 
 class LogitAdjustedLoss(Loss):

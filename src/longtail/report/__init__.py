@@ -17,7 +17,8 @@ from typing import Iterable
 
 from ..errors import LongtailError
 from .runs import Run, find_runs
-from .tables import DISPLAY_NAMES, Table, build_tables, csv_rows, markdown, per_class_rows, summary
+from .markdown import markdown
+from .tables import DISPLAY_NAMES, Table, build_tables, csv_rows, per_class_rows, summary
 
 __all__ = ["DISPLAY_NAMES", "Report", "Run", "find_runs", "results_table", "write_report"]
 

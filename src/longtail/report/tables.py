@@ -14,7 +14,8 @@ from typing import Any, Iterable, Optional
 
 from ..config import Config, flat_dict
 from ..errors import LongtailError
-from ..shots import RULE, SHOTS
+from ..protocol import SELECTED_ON_TEST  # row marker of runs whose epoch was chosen on test
+from ..shots import SHOTS
 from .runs import Run
 
 # What tables and legends call a method, by config key and value. A value not listed is shown as
@@ -44,7 +45,6 @@ NOT_METHOD = {
 # Datasets (of data/__init__.py's IMAGE_LISTS) read as a given split, whose dataset.imbalance_factor does not apply
 GIVEN_SPLITS = {"folder", "cifar10_lt_tfrecord", "cifar100_lt_tfrecord"}
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
-SELECTED_ON_TEST = "SELECTED ON TEST"  # row marker of runs whose epoch was chosen on test (train.select=best_test)
 
 
 @dataclass
@@ -308,33 +308,6 @@ def summary(tables: list[Table]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- text formats
-
-
-def markdown(tables: list[Table]) -> str:
-    parts = ["# Results", "",
-             "Test accuracy (%) of the selected checkpoint, mean ± sample std over seeds (n - 1); "
-             f"'{MISSING}': no run for that cell; '{UNDEFINED}': the shot group has no classes; "
-             "τ: the post-hoc temperature chosen by `longtail tune`.", ""]
-    for table in tables:
-        parts += [f"## {table.dataset}", "", provenance(table) + ".", "", "Top-1 accuracy (%)", "", _md_table(*grid(table)), "",
-                  f"Many / medium / few accuracy (%): classes with {RULE}", "",
-                  _md_table(*grid(table, shots=True)), ""]
-        if tuned_on_test(table):
-            parts += ["**Rows marked 'τ tuned on test' chose τ on the test set itself: optimistic, not comparable "
-                      "with the other rows.**", ""]
-        if has_selected_on_test(table):
-            parts += [f"**{SELECTED_ON_TEST_NOTE}**", ""]
-        from .label_shift import extra_grids  # shift.json and calibration tables, where the runs have them
-
-        for _, title, (header, rows) in extra_grids(table):
-            parts += [title, "", _md_table(header, rows), ""]
-    return "\n".join(parts)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| :-- |" + " :-: |" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def csv_rows(tables: list[Table], shots: bool = False) -> tuple[list[str], list[list[str]]]:

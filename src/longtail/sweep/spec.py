@@ -164,7 +164,7 @@ def _axes(path: Path, value: Any) -> dict[str, list]:
 
 def _step_args(path: Path, name: str, text: Any) -> tuple[str, ...]:
     """Check a step against the CLI's own parser now, so a typo stops the sweep before any training."""
-    from ..cli import build_parser
+    from ..parser import build_parser
 
     args = shlex.split(text) if isinstance(text, str) else text
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):

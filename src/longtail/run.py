@@ -1,0 +1,220 @@
+"""One home for a trained run: where its checkpoint is, its config, its model, its class names, its input
+contract, its prediction rule, its calibration and its training counts. evaluation, tune, shift, predict and
+export stand on this module; it runs no data.
+
+The input contract (`input_contract`, stored as ckpt["input"] by the engine): how an image file becomes the
+network's input, as plain JSON data
+
+    {"channels": C, "image_size": S, "resize": R, "mean": [...], "std": [...], "interpolation": "bilinear"}
+
+an image in the model's colour mode (1: Pillow 'L', 3: 'RGB'), short side resized to R (antialiased, that
+interpolation) and centre-cropped to S x S, unless it is already S x S and R = S; then
+x[c] = (pixel[c] / 255 - mean[c]) / std[c]. Datasets held in memory (fmnist_lt, cifar*_lt) have R = S, their
+native size; image files (lists, folders) R = round(S * 256 / 224), S = data.image_size.
+
+The calibration (`fit_calibrator`, stored as ckpt["calibrator"] and in metrics.json when training ends, or by
+`longtail evaluate RUN --save` / `longtail tune` for older runs): BCTS fitted on the validation split, and the
+split's class counts (its prior pi_v), what priors.target_prior_scores needs for a target prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .calibration import Calibrator, fit_calibration
+from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from .config import Config, flatten, from_flat, parse_override
+from .errors import LongtailError
+from .models import create_model
+from .priors import source_log_prior
+
+DEFAULT_CALIBRATION = "bcts"
+INTERPOLATION = "bilinear"  # torchvision's Resize default, antialiased
+# checkpoints written before ckpt["input"]: the in-memory datasets' native sizes by channel count
+# (Fashion-MNIST 28 x 28 grey, CIFAR 32 x 32 RGB); every newer checkpoint stores its contract
+_LEGACY_IN_MEMORY_SIZE = {1: 28, 3: 32}
+
+
+# ----------------------------------------------------------------------------- finding and loading a run
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory's checkpoints/best.pt (else last.pt), or the checkpoint file given."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise LongtailError(f"'{path}' is not a run directory: it has no checkpoints/best.pt or checkpoints/last.pt")
+    if not path.is_file():
+        raise LongtailError(f"'{path}' is neither a run directory nor a checkpoint file")
+    return path
+
+
+def run_directory(path: str | Path) -> Path:
+    """Where result files of a run go: the run directory, or the folder of a loose checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
+    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    try:
+        stored = flatten(ckpt["config"])
+        from_flat(stored)
+    except LongtailError as exc:
+        raise LongtailError(f"the config stored in '{ckpt_path}' cannot be read by this longtail ({exc})") from None
+    values = {**stored, **dict(parse_override(o) for o in overrides)}
+    return from_flat(values), ckpt, ckpt_path
+
+
+def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
+    """The run's model with the checkpoint's weights, on `device`."""
+    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
+    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        raise LongtailError(
+            f"the checkpoint's weights do not fit model '{cfg.model.name}' with {ckpt['num_classes']} classes; "
+            "it was saved by a different model or class count"
+        ) from None
+    return model.to(device)
+
+
+def check_bundle(bundle, ckpt: dict) -> None:
+    """The data built from the run's config fits the checkpoint (classes and channels)."""
+    if bundle.num_classes != ckpt["num_classes"]:
+        raise LongtailError(
+            f"the dataset has {bundle.num_classes} classes but the checkpoint was trained on {ckpt['num_classes']}; "
+            "evaluate it on the dataset it was trained on"
+        )
+    if bundle.in_channels != ckpt["in_channels"]:
+        raise LongtailError(
+            f"the dataset has {bundle.in_channels}-channel images but the checkpoint was trained on {ckpt['in_channels']}; "
+            "evaluate it on the dataset it was trained on"
+        )
+
+
+def training_counts(ckpt: dict) -> list[int]:
+    """The training split's images per class (the prior pi of la)."""
+    return list(ckpt["class_counts"])
+
+
+def rule_of(cfg: Config, posthoc: Optional[str] = None, tau: Optional[float] = None) -> tuple[str, float]:
+    """The prediction rule (eval.posthoc, eval.tau) the run reports, or the ones given."""
+    return (cfg.eval.posthoc if posthoc is None else posthoc), (cfg.eval.tau if tau is None else float(tau))
+
+
+# ----------------------------------------------------------------------------- the input contract
+
+
+def input_contract(cfg: Config, channels: int, mean: Sequence[float], std: Sequence[float],
+                   native_size: Optional[int] = None) -> dict:
+    """How an image file becomes the network's input (module docstring). `native_size`: the side of a
+    dataset held in memory (its images are used at that size); None for image files (data.image_size)."""
+    from .data.transforms import resize_for_eval
+
+    size = cfg.data.image_size if native_size is None else int(native_size)
+    resize = resize_for_eval(size) if native_size is None else size
+    return {"channels": int(channels), "image_size": size, "resize": resize, "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std], "interpolation": INTERPOLATION}
+
+
+def input_contract_of(cfg: Config, ckpt: dict) -> dict:
+    """The checkpoint's stored contract; for an older checkpoint, the one its config and channels imply."""
+    stored = ckpt.get("input")
+    if stored is not None:
+        keys = {"channels", "image_size", "resize", "mean", "std", "interpolation"}
+        if not isinstance(stored, dict) or not keys <= set(stored):
+            raise LongtailError(f"the checkpoint's input contract lacks {sorted(keys - set(stored or {}))}; the checkpoint is damaged")
+        return dict(stored)
+    from .data import IN_MEMORY
+
+    channels = ckpt["in_channels"]
+    native = _LEGACY_IN_MEMORY_SIZE.get(channels) if cfg.dataset.name in IN_MEMORY else None
+    return input_contract(cfg, channels, ckpt["mean"], ckpt["std"], native)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def fit_calibrator(val: dict[str, torch.Tensor], num_classes: int, method: str = DEFAULT_CALIBRATION) -> dict:
+    """The "calibrator" block: a calibration fitted on validation outputs ({'logits', 'labels'}) and the
+    validation split's class counts, the prior pi_v its posteriors refer to."""
+    calibrator = fit_calibration(method, val["logits"], val["labels"])
+    counts = torch.bincount(val["labels"].long().cpu(), minlength=num_classes).tolist()
+    return {**calibrator.to_dict(), "fitted_on": "val", "val_counts": counts}
+
+
+def no_validation_error(cfg: Config, purpose: str) -> LongtailError:
+    """The one error for a run without a validation split to calibrate on."""
+    return LongtailError(
+        f"{purpose} needs a validation split to calibrate the posteriors on, and this run has none "
+        f"(dataset.val_source={cfg.dataset.val_source}); add the override dataset.val_source=test_holdout "
+        "(a labelled hold-out of the test set, e.g. with dataset.val_per_class=20)"
+    )
+
+
+def calibrator_of(cfg: Config, ckpt: dict, ckpt_path: Path, purpose: str = "a target prior") -> tuple[Calibrator, torch.Tensor]:
+    """The run's stored calibration and log pi_v (float64), or one line saying how to add it."""
+    block = ckpt.get("calibrator")
+    if block is None:
+        if cfg.dataset.val_source == "none":
+            raise no_validation_error(cfg, purpose)
+        raise LongtailError(f"the run '{ckpt_path}' stores no calibration ({purpose} needs one; runs trained before "
+                            f"longtail stored it lack it); add it with: longtail evaluate {run_directory(ckpt_path)} --save")
+    try:
+        calibrator, log_source = Calibrator.from_dict(block), source_log_prior(block["val_counts"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+        raise LongtailError(f"the calibration stored in '{ckpt_path}' is damaged; refit it with: "
+                            f"longtail evaluate {run_directory(ckpt_path)} --save") from None
+    if len(log_source) != ckpt["num_classes"] or (calibrator.bias is not None and len(calibrator.bias) != ckpt["num_classes"]):
+        raise LongtailError(f"the calibration stored in '{ckpt_path}' does not have {ckpt['num_classes']} classes; refit it with: "
+                            f"longtail evaluate {run_directory(ckpt_path)} --save")
+    return calibrator, log_source
+
+
+def run_calibrator(ckpt: dict, val: dict[str, torch.Tensor], method: str = DEFAULT_CALIBRATION) -> dict:
+    """The stored calibrator block when it was fitted by `method`, else one fitted now on `val`."""
+    stored = ckpt.get("calibrator")
+    if stored is not None and stored.get("method") == method:
+        return stored
+    return fit_calibrator(val, ckpt["num_classes"], method)
+
+
+def store_calibrator(ckpt_path: Path, block: dict) -> bool:
+    """Write the calibrator block into the checkpoint and the run's metrics.json (when it has one);
+    False when both already hold it."""
+    ckpt = load_checkpoint(ckpt_path)
+    changed = ckpt.get("calibrator") != block
+    if changed:
+        ckpt["calibrator"] = block
+        save_atomic({k: v for k, v in ckpt.items() if k != "format_version"}, ckpt_path)
+    metrics_path = run_directory(ckpt_path) / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return changed
+    if isinstance(metrics, dict) and metrics.get("calibrator") != block:
+        metrics["calibrator"] = block
+        write_json_atomic(metrics_path, metrics)
+        changed = True
+    return changed
+
+
+__all__ = [
+    "resolve_checkpoint", "run_directory", "load_run", "restore_model", "check_bundle", "training_counts", "rule_of",
+    "input_contract", "input_contract_of", "fit_calibrator", "calibrator_of", "run_calibrator", "store_calibrator",
+    "no_validation_error", "DEFAULT_CALIBRATION",
+]
