@@ -132,7 +132,7 @@ def decode_box(path: str, box_of: BoxRule, size: int, flip: bool = False) -> np.
         out = out.convert("RGB")
     if flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    return np.array(out)  # writable (np.asarray would view Pillow's read-only bytes)
 
 
 def random_box(uniforms: Sequence[float], scale: tuple[float, float], ratio: tuple[float, float]) -> BoxRule:

@@ -19,6 +19,7 @@ from the default generator seeded by the same key seed.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -51,9 +52,11 @@ class CropAugment:
 
 
 def image_uniforms(seed: int) -> list[float]:
-    """The IMAGE_DRAWS uniforms in [0, 1) of the image whose key seed is `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(IMAGE_DRAWS, generator=generator, dtype=torch.float64).tolist()
+    """The IMAGE_DRAWS uniforms in [0, 1) of the image whose key seed is `seed`. Python's Mersenne Twister
+    takes the whole 64-bit seed (torch's CPU generator keeps only its low 32 bits, the position) and is
+    the same on every platform."""
+    generator = random.Random(seed)
+    return [generator.random() for _ in range(IMAGE_DRAWS)]
 
 
 class CroppedImages(Dataset):

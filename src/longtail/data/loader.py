@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LongtailError
 from .base import TensorImages
-from .samplers import SeededSampler, epoch_generator
+from .samplers import SeededSampler, epoch_generator, seed32
 
 
 class TransformedImages(Dataset):
@@ -47,13 +47,13 @@ class TransformedImages(Dataset):
 
 @contextmanager
 def seeded_default_generator(seed: int) -> Iterator[None]:
-    """torch's default CPU generator seeded with `seed` inside the block, its state restored after.
-    torchvision's transforms draw from it; seeding it directly costs ~5 us (torch.manual_seed would also
-    visit every accelerator: ~300 us an image)."""
+    """torch's default CPU generator seeded from the 64-bit `seed` (all of it: seed32) inside the block, its
+    state restored after. torchvision's transforms draw from it; seeding it directly costs ~5 us
+    (torch.manual_seed would also visit every accelerator: ~300 us an image)."""
     generator = torch.default_generator
     state = generator.get_state()
     try:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed32(seed))
         yield
     finally:
         generator.set_state(state)
