@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import LongtailError
 from .color_jitter import JITTER_DRAWS, color_jitter, jitter_params
-from .crop_decode import DRAWS_PER_CROP, as_chw, centre_box, decode_box, random_box
+from .crop_decode import DRAWS_PER_CROP, centre_box, decode_box, random_box
 from .device import normalize_uint8, stats_tensor
 from .image_list import ImageList
 from .loader import LoaderPipeline, seeded_default_generator
@@ -78,7 +78,7 @@ class CroppedImages(Dataset):
         uniforms = image_uniforms(seed) if augment is not None else None
         box = random_box(uniforms, augment.scale, augment.ratio) if augment and augment.crop else self.eval_box
         flip = bool(augment and augment.flip and uniforms[FLIP_DRAW] < 0.5)
-        image = as_chw(self.images.read(index, lambda path: decode_box(path, box, self.size, flip)))
+        image = self.images.read(index, lambda path: decode_box(path, box, self.size, flip))
         if self.worker_steps is not None and seed is not None:
             with seeded_default_generator(seed):
                 image = self.worker_steps(image)
