@@ -43,7 +43,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the longer run (at least 3; default 8)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--tiny", action="store_true", help="ResNet-8 on 20 images per class at most")
+    parser.add_argument("--tiny", action="store_true", help="ResNet-8 on 10 images per class at most")
     parser.add_argument("--out", required=True, help="the JSON record to write")
     args = parser.parse_args(argv)
     if args.epochs < 3:
@@ -56,8 +56,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     register_synthetic_dataset()
-    tiny = ["model.name=resnet8", "dataset.n_max=20", "dataset.imbalance_factor=10", "dataset.val_per_class=2",
-            "eval.batch_size=512"] if args.tiny else []
+    tiny = ["model.name=resnet8", "dataset.n_max=10", "dataset.imbalance_factor=5", "dataset.val_per_class=2",
+            "eval.batch_size=512", "train.amp=false"] if args.tiny else []
     short, seconds, rows = 2, {}, []
     for epochs in (short, args.epochs):
         cfg = load_config(overrides=[
