@@ -83,6 +83,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         "command": "python benchmarks/cifar_lt_epochs.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    if per_epoch <= 0:
+        print(f"the {args.epochs}-epoch run was not slower than the {short}-epoch one: the difference is noise; raise --epochs")
     print(f"{short} epochs in {seconds[short]:.1f} s, {args.epochs} in {seconds[args.epochs]:.1f} s: {per_epoch:.2f} s per "
           f"epoch; 200 epochs estimated at {estimate / 60:.1f} min")
 

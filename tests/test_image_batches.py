@@ -353,3 +353,27 @@ def test_per_image_seeds_use_every_bit_of_seed_epoch_and_position():
     assert all(not torch.equal(crops[0], other) for other in crops[1:])
     uniforms = [image_batches.image_uniforms(key) for key in keys]
     assert len({tuple(u) for u in uniforms}) == len(keys)
+
+
+@pytest.mark.slow  # three launches of the CLI with DataLoader workers
+def test_killed_image_list_training_resumes_bit_for_bit(tree, tmp_path):
+    """Crop boxes, flips and jitter drawn in two workers, the jitter on the device: killed once epoch 1's
+    checkpoint exists, the run resumes after epoch 1 and ends with the uninterrupted run's weights."""
+    from test_kill_resume import Kill, assert_same_run, check_resumed, last_epoch, launch
+
+    def args(run: Path) -> list[str]:
+        return ["train", "configs/fmnist_lt/ce_imba100.yaml", "dataset.name=imagenet_lt", f"dataset.root={tree['root']}",
+                f"dataset.train_list={tree['train_list']}", f"dataset.val_list={tree['val_list']}",
+                f"dataset.test_list={tree['test_list']}", "model.name=resnet8", "data.image_size=32", "train.epochs=3",
+                "train.batch_size=10", "train.progress=false", "eval.batch_size=64", "data.num_workers=2",
+                "data.color_jitter=0.4", "--out", str(run), "--resume"]
+
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    launch(args(reference), reference)
+    killed = launch(args(run), run, Kill("after epoch 1", file="checkpoints/last.pt"))
+    before = last_epoch(run)
+    assert killed.killed and 1 <= before < 3
+    final = launch(args(run), run)
+    check_resumed(final, run, before)
+    assert final.trained_epochs() == list(range(before + 1, 4))
+    assert_same_run(run, reference)
