@@ -11,6 +11,7 @@ one loader process per core (1 process, then every core), four rows per image si
                        its DataLoader workers do: crop-box decode to uint8, batches of 64 stacked (colour
                        jitter and normalisation run on the training device, batched)
   (c) + finish         with --device cpu: the same plus the jitter and normalisation, on the same core
+  (c) with Pillow      when simplejpeg (the `jpeg` extra) is installed: (c) decoded by Pillow instead
 
 The augmentation is the one the config sets (configs/imagenet_lt/ce_resnet50.yaml for 500x375,
 configs/inat2018/ce_resnet50.yaml for 800x600: 224 px, crop, flip, ColorJitter 0.4). With --device cuda
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))  # benchmark this checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, throughput.py
 
 from longtail.config import Config, load_config  # noqa: E402
+from longtail.data import crop_decode  # noqa: E402
 from longtail.data.crop_decode import decoder_name  # noqa: E402
 from longtail.data.image_batches import CroppedImages, ImageListPipeline, finish  # noqa: E402
 from longtail.data.image_list import IMAGENET_MEAN, IMAGENET_STD, Entries, ImageList, decode  # noqa: E402
@@ -67,6 +69,7 @@ ROWS = {
     "old": "old longtail: ImageList decode + image_train_transform (before)",
     "longtail": "(c) longtail: crop-box decode to uint8 batches, the workers' share (after)",
     "longtail+finish": "(c) plus the device's share (jitter, normalise) on the same CPU core",
+    "longtail/pillow": "(c) with Pillow's decoder (draft) in place of simplejpeg",
 }
 BATCH = 64  # images per batch in (c)'s stack-and-finish
 
@@ -137,6 +140,8 @@ def loader_process(row: str, folder: str, paths: list[str], name: str, images_to
     n = len(images)
     if row.startswith("longtail"):
         finish_on_cpu = row == "longtail+finish"
+        if row == "longtail/pillow":
+            crop_decode.simplejpeg = None  # this process only
         dataset = cropped_train_images_of(images, cfg)
         mean, std = stats_tensor(IMAGENET_MEAN, torch.device("cpu")), stats_tensor(IMAGENET_STD, torch.device("cpu"))
         jitter = dataset.augment.jitter > 0
@@ -348,6 +353,8 @@ def pipeline_table(tmp: Path, args: argparse.Namespace, cores: int) -> tuple[lis
             for row, label in ROWS.items():
                 if row == "longtail+finish" and args.device != "cpu":
                     continue  # on CUDA the finish runs on the GPU: its own row below
+                if row == "longtail/pillow" and crop_decode.simplejpeg is None:
+                    continue  # (c) already is Pillow
                 total = rate(row, folder, paths, name, processes, args.images, args.warmup)
                 per_core[(name, row, processes)] = total / processes
                 fraction = per_core[(name, row, processes)] / per_core[(name, "decode", processes)]

@@ -14,9 +14,9 @@ from ..errors import LongtailError
 from .base import DataBundle, TensorImages
 from .batch_augment import BatchAugment
 from .device import DevicePipeline, normalize_uint8, stats_tensor
+from .image_batches import CropAugment, CroppedImages, ImageListPipeline
 from .loader import LoaderPipeline, TransformedImages, eval_batches as loader_eval_batches
 from .samplers import EpochSampler, SeededSampler
-from .image_batches import CropAugment, CroppedImages, ImageListPipeline
 from .transforms import photometric_steps, train_transform
 
 

@@ -77,7 +77,9 @@ def resize_for_eval(size: int) -> int:
 
 
 def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size."""
+    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size, one
+    image at a time on the CPU. The former image-list pipeline: training now decodes the crop box only
+    (image_batches.py); this stays as the reference the benchmark's 'old' row and the tests compare to."""
     size = cfg.image_size
     if cfg.crop:
         steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
@@ -91,6 +93,7 @@ def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[f
 
 
 def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Resize + CenterCrop + normalise on a decoded image: the reference for image_batches' evaluation crop."""
     return v2.Compose([
         v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
