@@ -30,7 +30,6 @@ classes): `--pipeline old`, `new` or `both` (the two in one run, interleaved rou
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
