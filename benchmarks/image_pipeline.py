@@ -209,16 +209,17 @@ def device_rates(folder: Path, paths: list[str], name: str, device: torch.device
     finish_rate = 20 * BATCH / (time.perf_counter() - start)
     pipeline = ImageListPipeline(dataset, SeededSampler(EpochSampler(images.targets, 0)), BATCH, 0, device,
                                  IMAGENET_MEAN, IMAGENET_STD, workers)
-    seen, start, epoch = 0, None, 0
-    while seen < batches * BATCH:
+    warm, steps, seen, start, epoch = 2, 0, 0, 0.0, 0  # two batches untimed: workers started and warm
+    while steps < warm + batches:
         pipeline.set_epoch(epoch)
-        for k, (xb, _) in enumerate(pipeline):
-            if start is None and k == 2:  # workers started and warm
+        for xb, _ in pipeline:
+            steps += 1
+            if steps == warm:
                 sync()
-                start, seen = time.perf_counter(), 0
-            elif start is not None:
+                start = time.perf_counter()
+            elif steps > warm:
                 seen += len(xb)
-            if start is not None and seen >= batches * BATCH:
+            if steps == warm + batches:
                 break
         epoch += 1
     sync()
