@@ -20,7 +20,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from .base import DataBundle
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SHOW_PROBLEMS = 5  # problems quoted in the error message; the rest are counted
+T = TypeVar("T")
 
 
 class UnreadableImage(LongtailError):
@@ -286,15 +287,18 @@ class ImageList(Dataset):
     def where(self, i: int) -> str:
         return _where(self.source, self.unit, int(self._numbers[i]))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def read(self, i: int, reader: Callable[[str], T]) -> T:
+        """`reader(full path of image i)`; any failure of it is an UnreadableImage naming the file and line."""
         try:
-            image = decode(self.full_path(i))
+            return reader(self.full_path(i))
         except Exception as exc:  # any decoder failure: name the file, never skip it silently
             raise UnreadableImage(
                 f"image '{self.full_path(i)}' ({self.where(i)}) cannot be read ({_last_line(exc)}); replace it or "
                 "remove its line (dataset.verify_images=true lists every unreadable image before training)"
             ) from None
-        return image, int(self.targets[i])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.read(i, decode), int(self.targets[i])
 
 
 # ----------------------------------------------------------------------------- the bundle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LongtailError
 from .base import TensorImages
-from .samplers import SeededSampler, epoch_generator
+from .samplers import SeededSampler, epoch_generator, seed32
 
 
 class TransformedImages(Dataset):
@@ -40,15 +41,22 @@ class TransformedImages(Dataset):
             return image, label
         if seed is None:
             return self.transform(image), label
-        # torchvision's transforms draw from the default CPU generator; seeding it directly costs ~5 us
-        # (torch.manual_seed would also visit every accelerator: ~300 us an image)
-        generator = torch.default_generator
-        state = generator.get_state()
-        try:
-            generator.manual_seed(seed)
+        with seeded_default_generator(seed):
             return self.transform(image), label
-        finally:
-            generator.set_state(state)
+
+
+@contextmanager
+def seeded_default_generator(seed: int) -> Iterator[None]:
+    """torch's default CPU generator seeded from the 64-bit `seed` (all of it: seed32) inside the block, its
+    state restored after. torchvision's transforms draw from it; seeding it directly costs ~5 us
+    (torch.manual_seed would also visit every accelerator: ~300 us an image)."""
+    generator = torch.default_generator
+    state = generator.get_state()
+    try:
+        generator.manual_seed(seed32(seed))
+        yield
+    finally:
+        generator.set_state(state)
 
 
 def clean_errors(batches: Iterable) -> Iterator:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Iterator, Optional, Protocol
 
 import torch
+from torchvision.transforms import v2
 
 from ..config import Config
 from ..distributed import Runtime
@@ -13,9 +14,10 @@ from ..errors import LongtailError
 from .base import DataBundle, TensorImages
 from .batch_augment import BatchAugment
 from .device import DevicePipeline, normalize_uint8, stats_tensor
+from .image_batches import CropAugment, CroppedImages, ImageListPipeline
 from .loader import LoaderPipeline, TransformedImages, eval_batches as loader_eval_batches
 from .samplers import EpochSampler, SeededSampler
-from .transforms import image_eval_transform, image_train_transform, train_transform
+from .transforms import photometric_steps, train_transform
 
 
 class TrainBatches(Protocol):
@@ -67,11 +69,13 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
     return name
 
 
-def _train_dataset(bundle: DataBundle, cfg: Config) -> TransformedImages:
-    if bundle.in_memory:
-        size = int(bundle.train.images.shape[-1])
-        return TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std))
-    return TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
+def cropped_train_images(bundle: DataBundle, cfg: Config) -> CroppedImages:
+    """An image-list training split as the workers produce it: the colour jitter goes to the device,
+    unless augmentation that has to follow it (autoaugment, randaugment, ...) runs in the workers."""
+    steps = photometric_steps(cfg.data, cfg.data.image_size, v2.AutoAugmentPolicy.IMAGENET)
+    in_workers = any(not isinstance(step, v2.ColorJitter) for step in steps)
+    augment = CropAugment(crop=cfg.data.crop, flip=cfg.data.flip, jitter=0.0 if in_workers else cfg.data.color_jitter)
+    return CroppedImages(bundle.train, cfg.data.image_size, augment, v2.Compose(steps) if in_workers else None)
 
 
 def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBatches:
@@ -92,8 +96,13 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
                                autoaugment=cfg.data.autoaugment, cutout=cfg.data.cutout)
         return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment,
                               drop_last=cfg.data.drop_last)
+    if not bundle.in_memory:
+        return ImageListPipeline(cropped_train_images(bundle, cfg), SeededSampler(sampler), batch_size, cfg.seed,
+                                 runtime.device, bundle.mean, bundle.std, cfg.data.num_workers, drop_last=cfg.data.drop_last)
+    size = int(bundle.train.images.shape[-1])
     return LoaderPipeline(
-        _train_dataset(bundle, cfg), SeededSampler(sampler), batch_size, seed=cfg.seed,
+        TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std)),
+        SeededSampler(sampler), batch_size, seed=cfg.seed,
         num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda", drop_last=cfg.data.drop_last,
     )
 
@@ -116,15 +125,14 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
     if len(split) < runtime.world_size:
         raise LongtailError(f"an evaluation split has {len(split)} images, fewer than the {runtime.world_size} processes; use fewer processes")
     shard = range(runtime.rank, len(split), runtime.world_size)
-    if not bundle.in_memory:
-        images = TransformedImages(split, image_eval_transform(cfg.data.image_size, bundle.mean, bundle.std))
-        subset = torch.utils.data.Subset(images, list(shard))
-        for x, y in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
-            yield x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+    mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
+    if not bundle.in_memory:  # centre crops decoded in the workers, uint8 to the device, normalised there
+        subset = torch.utils.data.Subset(CroppedImages(split, cfg.data.image_size), list(shard))
+        for x, y, _ in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
+            yield normalize_uint8(x.to(runtime.device, non_blocking=True), mean, std), y.to(runtime.device, non_blocking=True)
         return
     # every world_size-th image as strided views: no index tensors, no host copies when the split is on the device
     images, labels = split.images[runtime.rank :: runtime.world_size], split.labels[runtime.rank :: runtime.world_size]
-    mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
     for start in range(0, len(labels), cfg.eval.batch_size):
         x = images[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
         y = labels[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)

@@ -73,6 +73,16 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return ((seed * 1_000_003 + epoch) * 4_294_967_296 + position) % 2**63
 
 
+def seed32(key: int) -> int:
+    """A 32-bit seed that depends on every bit of a 64-bit `key` (the splitmix64 finaliser's high half).
+    torch's CPU generator keeps only the low 32 bits of a seed: given sample_seed directly, it would see
+    the position alone, the same augmentation at that position in every epoch and for every run seed."""
+    z = key % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 32
+
+
 class SeededSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """An EpochSampler's indices as (index, augmentation seed) keys. The seed depends on (seed, epoch,
     position in the global order) only, so an image's augmentation is the same whatever the number of

@@ -37,7 +37,8 @@ def _blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def _photometric(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) -> list[torch.nn.Module]:
+def photometric_steps(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) -> list[torch.nn.Module]:
+    """The photometric keys' transforms on uint8 (3, H, W), in the order every pipeline applies them."""
     steps: list[torch.nn.Module] = []
     if cfg.color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=cfg.color_jitter, contrast=cfg.color_jitter, saturation=cfg.color_jitter))
@@ -61,7 +62,7 @@ def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tu
         steps.append(v2.RandomCrop(size, padding=4))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += _photometric(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
+    steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
@@ -76,7 +77,9 @@ def resize_for_eval(size: int) -> int:
 
 
 def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size."""
+    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size, one
+    image at a time on the CPU. The former image-list pipeline: training now decodes the crop box only
+    (image_batches.py); this stays as the reference the benchmark's 'old' row and the tests compare to."""
     size = cfg.image_size
     if cfg.crop:
         steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
@@ -84,12 +87,13 @@ def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[f
         steps = [v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size)]
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += _photometric(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
+    steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
 
 def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Resize + CenterCrop + normalise on a decoded image: the reference for image_batches' evaluation crop."""
     return v2.Compose([
         v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
