@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -19,7 +18,7 @@ from longtail.metrics import expert_metrics, format_table
 from longtail.models import MODELS, create_model
 from longtail.models.experts import CosineClassifier, torchvision_resnet_experts
 
-from conftest import REPO, TINY_RUN, make_small_fmnist, run_cli, write_fake_cifar
+from conftest import REPO, TINY_RUN, fit_here, make_small_fmnist, run_cli, write_fake_cifar
 
 EXPERT_MODELS = sorted(name for name in MODELS if name.endswith("_experts"))
 TORCHVISION_EXPERTS = ["resnet50_experts", "resnext50_experts", "resnet152_experts"]
@@ -245,21 +244,11 @@ TINY_DATA = {"cifar10_lt": ["dataset.n_max=100"], "cifar100_lt": ["dataset.n_max
 
 @pytest.fixture
 def train(capsys):
-    """Train a config in this process (no interpreter start-up per run); restores the global
-    determinism switches that `fit` sets. Returns (metrics.json, printed output)."""
+    """Train a config in this process. Returns (metrics.json, printed output)."""
 
     def run(path: str, root: Path, out: Path, *extra: str) -> tuple[dict, str]:
-        from longtail.engine import fit
-
         cfg = load_config(REPO / "configs" / path)
-        overrides = [f"dataset.root={root}", *TINY, *TINY_DATA[cfg.dataset.name], *extra]
-        saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                 torch.backends.cudnn.benchmark)
-        try:
-            fit(load_config(REPO / "configs" / path, overrides), out)
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.backends.cudnn.benchmark = saved[2]
+        fit_here(REPO / "configs" / path, [f"dataset.root={root}", *TINY, *TINY_DATA[cfg.dataset.name], *extra], out)
         return _check_run(out, load_config(None, extra).model.num_experts), capsys.readouterr().out
 
     return run
