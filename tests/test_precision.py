@@ -13,6 +13,7 @@ from conftest import FMNIST_CONFIG, TINY_FMNIST, epoch_rows, fit_here, make_smal
 from longtail import inference
 from longtail.config import load_config
 from longtail.distributed import Runtime
+from longtail.errors import LongtailError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -33,15 +34,30 @@ def test_amp_resolution_follows_the_cpu_probe(monkeypatch, native):
 
 @pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, False), (True, False, True), (False, True, True)])
 def test_the_probe_reads_torch_cpu_capabilities(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.delenv(inference.NATIVE_BF16_ENV, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert inference.cpu_has_native_bf16() is expected
 
 
 def test_a_torch_without_the_probes_means_no_native_bf16(monkeypatch):
+    monkeypatch.delenv(inference.NATIVE_BF16_ENV, raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert inference.cpu_has_native_bf16() is False
+
+
+@pytest.mark.parametrize("probe", [True, False])
+def test_the_environment_answers_instead_of_the_probe(monkeypatch, probe):
+    """$LONGTAIL_NATIVE_BF16 lets a whole test run take either resolution of train.amp: auto on any CPU."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: probe, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: probe, raising=False)
+    for value, native in (("1", True), ("0", False)):
+        monkeypatch.setenv(inference.NATIVE_BF16_ENV, value)
+        assert inference.cpu_has_native_bf16() is native and inference.uses_bf16("auto", CPU) is native
+    monkeypatch.setenv(inference.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(LongtailError, match="LONGTAIL_NATIVE_BF16='yes' is neither 1 .* nor 0"):
+        inference.cpu_has_native_bf16()
 
 
 @pytest.mark.parametrize("amp", [True, False])
