@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import REAL_FMNIST, needs_fmnist, write_fake_cifar, write_idx
+from conftest import REAL_FMNIST, needs_fmnist, write_fake_cifar, write_fake_fmnist, write_idx
 from longtail.config import load_config
 from longtail.data import build_data
 from longtail.data.cifar import load_cifar, safe_unpickle
@@ -92,6 +92,26 @@ def test_fmnist_from_dataset_root(tmp_path):
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     raw = load_fmnist(str(tmp_path), download=False)
     assert raw.train.images.shape == (40, 1, 28, 28) and raw.test.labels.tolist()[:3] == [0, 1, 2]
+
+
+def test_fmnist_is_found_in_root_then_debian_then_the_cache_and_so_are_the_tests(tmp_path, monkeypatch):
+    import conftest
+    import longtail.data.fmnist as fm
+
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "debian")
+    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "cache")
+    root, debian, cache = tmp_path / "root", tmp_path / "debian", tmp_path / "cache" / "FashionMNIST" / "raw"
+    for seed, folder in enumerate((cache, debian, root)):  # each later folder shadows the earlier ones
+        write_fake_fmnist(folder, train_per_class=1, test_per_class=1, seed=seed)
+        assert fm.locate(str(root), download=False) == folder
+        monkeypatch.setenv(conftest.FMNIST_ENV, "")
+        assert conftest.find_fmnist() == (debian if folder == root else folder)  # without a root: Debian, the cache
+    monkeypatch.setenv(conftest.FMNIST_ENV, str(root))
+    assert conftest.find_fmnist() == root
+    monkeypatch.setenv(conftest.FMNIST_ENV, "none")
+    assert conftest.find_fmnist() is None
+    monkeypatch.setenv(conftest.FMNIST_ENV, str(tmp_path / "empty"))
+    assert conftest.find_fmnist() is None  # the named folder alone: pytest_configure stops the run on it
 
 
 def test_missing_fmnist_names_all_three_places(tmp_path, monkeypatch):
