@@ -34,7 +34,7 @@ TINY_RUN = ["model.name=resnet8", "train.epochs=1", "train.progress=false", "dat
 # Tiny Fashion-MNIST-LT: 100 images in the largest class (IF 100 leaves 1 in the smallest). Add `dataset.root`
 # (the `tiny_fmnist` fixture does) so that the run reads the copy the tests found or generated.
 TINY_FMNIST = [*TINY_RUN, "dataset.n_max=100", "dataset.val_per_class=10", "train.batch_size=32", "eval.batch_size=256"]
-# Tinier still (n_max 40, IF 10: 152 images), for runs on a few generated images per class; float32 on the CPU.
+# Tinier still (n_max 40, IF 10: 159 images), for runs on a few generated images per class; float32 on the CPU.
 TINY_FMNIST_40 = [*TINY_FMNIST, "dataset.n_max=40", "dataset.imbalance_factor=10", "dataset.download=false",
                   "eval.batch_size=500", "device=cpu"]
 
@@ -180,6 +180,8 @@ def tiny_fmnist(fmnist_root) -> list[str]:
     """TINY_FMNIST reading `fmnist_root`, never downloading: the overrides of a tiny Fashion-MNIST-LT run."""
     return [*TINY_FMNIST, f"dataset.root={fmnist_root}", "dataset.download=false"]
 
+
+# ----------------------------------------------------------------------------- training in the test process
 
 def fit_here(config: str | Path | None, overrides: list[str], out: Path) -> dict:
     """Train in this process (no interpreter start-up per run) and return its metrics; restores the global
