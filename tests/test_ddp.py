@@ -23,8 +23,8 @@ from longtail.data.samplers import EpochSampler, SeededSampler
 # with the summation order, from growing chaotically (at lr 0.1 or 12+ steps it reaches 1e-3 in the weights).
 # 240 training images (n_max 60, IF 10): divisible by 2 processes, so no image is repeated to pad the shards.
 # GALA: its statistics are summed over the processes each step (losses/gala.py), so they must match too.
-# (after the tiny_fmnist fixture's overrides)
-DDP_SETTINGS = ["dataset.n_max=60", "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
+DDP_SETTINGS = [  # after the tiny_fmnist fixture's overrides
+                "dataset.n_max=60", "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
                 "train.warmup_epochs=0", "train.schedule=constant", "data.crop=true", "data.flip=true",
                 "loss.name=gala", "loss.lambda1=1.2", "loss.lambda2=0.9",
                 "data.pipeline=loader",  # the DataLoader path the image-list datasets train through

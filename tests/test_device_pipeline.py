@@ -326,7 +326,7 @@ def test_auto_selects_device_for_in_memory_datasets():
 
 # The recipe of the end-to-end tests, after the tiny_fmnist fixture's overrides: every augmentation of the device pipeline on.
 DEVICE_RECIPE = ["data.pipeline=device", "data.autoaugment=true", "data.cutout=8", "device=cpu",
-                               "eval.batch_size=256"]  # small eval batches are faster on a CPU
+                 "eval.batch_size=256"]  # small eval batches are faster on a CPU
 
 
 def test_device_pipeline_trains_end_to_end(tmp_path, tiny_fmnist):
