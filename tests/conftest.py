@@ -5,7 +5,7 @@ Fashion-MNIST is looked for where longtail looks (data/fmnist.py): the folder na
 tests' `dataset.root`), Debian's /usr/share/datasets/fashion-mnist, then longtail's download in ~/.cache/longtail.
 Without any of them, tests run on a generated set of the same IDX files, except the few marked `needs_fmnist`,
 which check the real images' statistics and say so in pytest's skip summary. LONGTAIL_TEST_FMNIST=none hides
-every copy, to run the suite as a machine without Fashion-MNIST would.
+every copy (from longtail too, in the test process), to run the suite as a machine without Fashion-MNIST would.
 """
 
 from __future__ import annotations
@@ -144,7 +144,11 @@ needs_fmnist = pytest.mark.skipif(
 
 def pytest_configure(config) -> None:
     setting = os.environ.get(FMNIST_ENV, "")
-    if setting and setting.lower() != "none" and REAL_FMNIST is None:
+    if setting.lower() == "none":  # hide the system copy and the download from longtail in this process too
+        from longtail.data import fmnist
+
+        fmnist.DEBIAN_DIR = fmnist.CACHE_DIR = Path("/nonexistent/hidden-by-" + FMNIST_ENV)
+    elif setting and REAL_FMNIST is None:
         pytest.exit(f"{FMNIST_ENV}={setting} holds no Fashion-MNIST IDX files (nor does its FashionMNIST/raw); point it "
                     f"at the folder holding them, or set {FMNIST_ENV}=none to test without the real images", returncode=4)
 
