@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the generated-data writers live with the tests
 
-from fake_datasets import write_fake_cifar  # noqa: E402
+from conftest import write_fake_cifar  # noqa: E402
 from fake_tfrecords import write_fake_release  # noqa: E402
 
 from longtail.config import load_config  # noqa: E402

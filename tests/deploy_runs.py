@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from fake_datasets import write_fake_fmnist
+from conftest import FMNIST_CONFIG, TINY_FMNIST_40, write_fake_fmnist
 from longtail.config import load_config
 from longtail.data import build_data
 from longtail.data.device import normalize_uint8, stats_tensor
@@ -17,11 +17,7 @@ from longtail.evaluation import load_outputs, load_run
 from longtail.posthoc import PosthocInputs, apply_posthoc, class_mass
 
 # float32 throughout (train.amp=false), so exported float32 graphs can be compared at 1e-4
-TINY = [
-    "dataset.n_max=40", "dataset.imbalance_factor=10", "dataset.val_per_class=10", "dataset.download=false",
-    "train.epochs=1", "train.batch_size=32", "train.progress=false", "data.num_workers=0",
-    "eval.batch_size=500", "device=cpu", "train.amp=false",
-]
+TINY = [*TINY_FMNIST_40, "train.amp=false"]
 
 
 def train_tiny(tmp: Path, name: str, extra: Sequence[str] = ()) -> Path:
@@ -30,7 +26,7 @@ def train_tiny(tmp: Path, name: str, extra: Sequence[str] = ()) -> Path:
     if not root.is_dir():
         write_fake_fmnist(root, train_per_class=60, test_per_class=20)
     out = tmp / name
-    fit(load_config("configs/fmnist_lt/ce_imba100.yaml", [*TINY, f"dataset.root={root}", *extra]), out)
+    fit(load_config(FMNIST_CONFIG, [*TINY, f"dataset.root={root}", *extra]), out)
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_datasets import write_fake_cifar, write_fake_fmnist
+from conftest import write_fake_cifar, write_fake_fmnist
 from fake_tfrecords import write_fake_release
 from longtail.config import load_config, load_yaml
 from longtail.engine import fit

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from conftest import TINY_FMNIST, needs_fmnist
 from longtail.config import DataConfig, load_config
 from longtail.data.base import DataBundle, TensorImages
 from longtail.data.batch_augment import PAD, BatchAugment, cutout
@@ -325,23 +324,21 @@ def test_auto_selects_device_for_in_memory_datasets():
         choose_pipeline(files, load_config(overrides=["data.pipeline=device"]))
 
 
-# The recipe of the end-to-end tests: tiny Fashion-MNIST-LT, every augmentation of the device pipeline on.
-DEVICE_RECIPE = TINY_FMNIST + ["data.pipeline=device", "data.autoaugment=true", "data.cutout=8", "device=cpu",
-                               "eval.batch_size=256"]  # small eval batches are faster on a CPU
+# The recipe of the end-to-end tests, after the tiny_fmnist fixture's overrides: every augmentation of the device pipeline on.
+DEVICE_RECIPE = ["data.pipeline=device", "data.autoaugment=true", "data.cutout=8", "device=cpu",
+                 "eval.batch_size=256"]  # small eval batches are faster on a CPU
 
 
-@needs_fmnist
-def test_device_pipeline_trains_end_to_end(tmp_path):
+def test_device_pipeline_trains_end_to_end(tmp_path, tiny_fmnist):
     from longtail.engine import fit
 
-    metrics = fit(load_config(overrides=DEVICE_RECIPE), tmp_path / "run")
+    metrics = fit(load_config(overrides=[*tiny_fmnist, *DEVICE_RECIPE]), tmp_path / "run")
     row = json.loads((tmp_path / "run" / "epochs.jsonl").read_text().splitlines()[0])
     assert row["epoch"] == 1 and row["images_per_s"] > 0 and 0 < row["train_loss"] < 10
     assert 0 <= metrics["top1"] <= 100 and metrics["num_images"] > 0
 
 
-@needs_fmnist
-def test_resuming_mid_run_repeats_the_uninterrupted_epoch(tmp_path):
+def test_resuming_mid_run_repeats_the_uninterrupted_epoch(tmp_path, tiny_fmnist):
     """Epoch 2 of an uninterrupted run and epoch 2 of a fresh process restored from the state after epoch 1
     (what a resumed run does) see the same batches and augmentation: same loss, same weights."""
     import copy
@@ -354,7 +351,7 @@ def test_resuming_mid_run_repeats_the_uninterrupted_epoch(tmp_path):
     from longtail.models import create_model
     from longtail.optim import build_optimizer, build_scheduler
 
-    cfg = load_config(overrides=DEVICE_RECIPE + ["train.epochs=2"])
+    cfg = load_config(overrides=[*tiny_fmnist, *DEVICE_RECIPE, "train.epochs=2"])
     runtime = Runtime(CPU)
     bundle = build_data(cfg)
 

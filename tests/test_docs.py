@@ -307,7 +307,7 @@ def test_adding_a_method_recipe_registers_and_trains(tmp_path, monkeypatch):
 
     import longtail.losses as losses
     from deploy_runs import TINY
-    from fake_datasets import write_fake_fmnist
+    from conftest import write_fake_fmnist
     from longtail.config import load_config
     from longtail.engine import fit
 

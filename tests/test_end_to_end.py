@@ -5,24 +5,24 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_FMNIST, needs_fmnist
+from conftest import FMNIST_CONFIG
 from longtail.checkpoint import load_checkpoint
+from longtail.data.fmnist import FILES, read_idx
 
-pytestmark = needs_fmnist
-CONFIG = "configs/fmnist_lt/ce_imba100.yaml"
+CONFIG = FMNIST_CONFIG
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_fmnist, fmnist_root):
     from conftest import run_cli
 
     run = tmp_path_factory.mktemp("runs") / "ce"
-    proc = run_cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(run))
-    return run, proc
+    proc = run_cli("train", CONFIG, *tiny_fmnist, "train.epochs=2", "--out", str(run))
+    return run, proc, len(read_idx(fmnist_root / FILES["test_labels"]))
 
 
 def test_run_directory_contract(trained):
-    run, proc = trained
+    run, proc, test_images = trained
     for name in ("config.yaml", "metrics.json", "epochs.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
@@ -31,14 +31,14 @@ def test_run_directory_contract(trained):
         assert key in metrics
     assert metrics["split"] == "test" and len(metrics["per_class"]) == 10
     # n_max 100, IF 100: counts 100 ... 1, so no class has more than 100 images
-    assert metrics["many"] is None and metrics["num_images"] == 10000
+    assert metrics["many"] is None and metrics["num_images"] == test_images
     rows = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and "val_top1" in rows[0]
     assert "test metrics" in proc.stdout
 
 
 def test_checkpoint_carries_config_and_counts(trained):
-    run, _ = trained
+    run = trained[0]
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["config"]["dataset"]["n_max"] == 100
     assert ckpt["class_counts"][0] == 100 and ckpt["num_classes"] == 10
@@ -49,7 +49,7 @@ SCORES = ("top1", "mean_class_acc", "many", "medium", "few", "per_class")
 
 
 def test_evaluate_reproduces_the_test_metrics(trained, cli, tmp_path):
-    run, _ = trained
+    run = trained[0]
     metrics = json.loads((run / "metrics.json").read_text())
     cli("evaluate", str(run), "--split", "test", "--json", str(tmp_path / "test.json"))
     evaluated = json.loads((tmp_path / "test.json").read_text())
@@ -63,15 +63,15 @@ def test_evaluate_reproduces_the_test_metrics(trained, cli, tmp_path):
     assert val["split"] == "val" and val["top1"] == row["val_top1"] and val["mean_class_acc"] == row["val_mean_class_acc"]
 
 
-def test_resume_equals_uninterrupted(trained, cli, tmp_path):
+def test_resume_equals_uninterrupted(trained, cli, tmp_path, tiny_fmnist):
     """A resumed run continues from its checkpoint: it says where, retrains nothing (the first launch's
     epochs.jsonl row, timings included, is kept byte for byte) and ends with the uninterrupted run's weights."""
-    run, _ = trained
+    run = trained[0]
     part = tmp_path / "part"
-    cli("train", CONFIG, *TINY_FMNIST, "train.epochs=1", "--out", str(part))
+    cli("train", CONFIG, *tiny_fmnist, "train.epochs=1", "--out", str(part))
     first_row = (part / "epochs.jsonl").read_text()
     # continue the 1-epoch run to 2 epochs: only train.epochs differs, which the flag allows
-    resumed = cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(part), "--resume", "--allow-config-change").stdout
+    resumed = cli("train", CONFIG, *tiny_fmnist, "train.epochs=2", "--out", str(part), "--resume", "--allow-config-change").stdout
     assert f"resuming '{part}' after epoch 1" in resumed
     assert "epoch 2/2" in resumed and "epoch 1/2" not in resumed  # the resumed launch trained epoch 2 only
     rows = (part / "epochs.jsonl").read_text().splitlines(keepends=True)
@@ -84,19 +84,19 @@ def test_resume_equals_uninterrupted(trained, cli, tmp_path):
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
 
 
-def test_resuming_a_finished_run_is_a_no_op(trained, cli):
-    run, _ = trained
+def test_resuming_a_finished_run_is_a_no_op(trained, cli, tiny_fmnist):
+    run = trained[0]
     before = (run / "metrics.json").read_text()
-    proc = cli("train", CONFIG, *TINY_FMNIST, "train.epochs=2", "--out", str(run), "--resume")
+    proc = cli("train", CONFIG, *tiny_fmnist, "train.epochs=2", "--out", str(run), "--resume")
     assert "nothing to do" in proc.stdout and (run / "metrics.json").read_text() == before
 
 
-def test_user_mistakes_are_one_line_errors(trained, cli, tmp_path):
-    run, _ = trained
+def test_user_mistakes_are_one_line_errors(trained, cli, tmp_path, tiny_fmnist):
+    run = trained[0]
     cases = [
         (["train", CONFIG, "train.epoch=3"], "did you mean 'train.epochs'"),
-        (["train", CONFIG, *TINY_FMNIST, "--out", str(run)], "already holds a run"),
-        (["train", CONFIG, *TINY_FMNIST, "train.epochs=2", "train.lr=0.5", "--out", str(run), "--resume"], "differs from the run being resumed in: train.lr"),
+        (["train", CONFIG, *tiny_fmnist, "--out", str(run)], "already holds a run"),
+        (["train", CONFIG, *tiny_fmnist, "train.epochs=2", "train.lr=0.5", "--out", str(run), "--resume"], "differs from the run being resumed in: train.lr"),
         (["evaluate", str(tmp_path)], "not a run directory"),
         (["train", str(tmp_path / "missing.yaml")], "does not exist"),
     ]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import pickle
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -22,7 +18,7 @@ from longtail.metrics import expert_metrics, format_table
 from longtail.models import MODELS, create_model
 from longtail.models.experts import CosineClassifier, torchvision_resnet_experts
 
-from conftest import FMNIST_DIR, REPO, needs_fmnist, run_cli
+from conftest import REPO, TINY_RUN, fit_here, make_small_fmnist, run_cli, write_fake_cifar
 
 EXPERT_MODELS = sorted(name for name in MODELS if name.endswith("_experts"))
 TORCHVISION_EXPERTS = ["resnet50_experts", "resnext50_experts", "resnet152_experts"]
@@ -225,63 +221,21 @@ def test_large_scale_recipes_match_the_release():
 # ----------------------------------------------------------------------------- CIFAR / FMNIST configs, end to end
 
 
-def _write_pickle(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(obj, protocol=3))
-
-
-def make_tiny_cifar(root: Path, variant: str, train_per_class: int, test_per_class: int) -> None:
-    """Random images in the official python-pickle layout (labels = class index, balanced)."""
-    rng = np.random.default_rng(0)
-    classes, folder, key = (10, "cifar-10-batches-py", b"labels") if variant == "cifar10" else (100, "cifar-100-python", b"fine_labels")
-
-    def batch(per_class: int) -> tuple[np.ndarray, list[int]]:
-        labels = np.repeat(np.arange(classes), per_class)
-        rng.shuffle(labels)
-        return rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), labels.tolist()
-
-    if variant == "cifar10":
-        data, labels = batch(train_per_class)
-        for i, part in enumerate(np.array_split(np.arange(len(labels)), 5)):
-            _write_pickle(root / folder / f"data_batch_{i + 1}", {b"data": data[part], key: [labels[j] for j in part]})
-        data, labels = batch(test_per_class)
-        _write_pickle(root / folder / "test_batch", {b"data": data, key: labels})
-    else:
-        for name, per_class in (("train", train_per_class), ("test", test_per_class)):
-            data, labels = batch(per_class)
-            _write_pickle(root / folder / name, {b"data": data, key: labels})
-
-
 @pytest.fixture(scope="module")
 def tiny_cifar_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
-    make_tiny_cifar(root, "cifar10", 100, 5)
-    make_tiny_cifar(root, "cifar100", 100, 3)
+    write_fake_cifar(root, "cifar10", 100, 5)
+    write_fake_cifar(root, "cifar100", 100, 3)
     return root
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")
 def tiny_fmnist_root(tmp_path_factory) -> Path:
-    """Real Fashion-MNIST images, 110 training and 5 test images per class (a fast test set)."""
-    from longtail.data.fmnist import FILES, read_idx
-
-    root = tmp_path_factory.mktemp("fmnist")
-    for split, per_class in (("train", 110), ("test", 5)):
-        images, labels = read_idx(FMNIST_DIR / FILES[f"{split}_images"]), read_idx(FMNIST_DIR / FILES[f"{split}_labels"])
-        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)]))
-        _write_idx(root / FILES[f"{split}_images"], images[keep])
-        _write_idx(root / FILES[f"{split}_labels"], labels[keep])
-    return root
+    """110 training and 5 test images per class (a fast test set)."""
+    return make_small_fmnist(tmp_path_factory.mktemp("fmnist"), train_per_class=110, test_per_class=5)
 
 
-TINY = ["model.name=resnet8_experts", "train.epochs=1", "train.batch_size=64", "train.progress=false",
-        "data.num_workers=0", "eval.batch_size=500", "dataset.download=false"]
+TINY = [*TINY_RUN, "model.name=resnet8_experts", "train.batch_size=64", "eval.batch_size=500", "dataset.download=false"]
 # CIFAR-100 at n_max 100 would train on ~2,000 images; 20 images in the largest class and imbalance 10
 # (counts 20..2) keep the run to a few seconds on a shared CPU
 TINY_DATA = {"cifar10_lt": ["dataset.n_max=100"], "cifar100_lt": ["dataset.n_max=20", "dataset.imbalance_factor=10"],
@@ -290,21 +244,11 @@ TINY_DATA = {"cifar10_lt": ["dataset.n_max=100"], "cifar100_lt": ["dataset.n_max
 
 @pytest.fixture
 def train(capsys):
-    """Train a config in this process (no interpreter start-up per run); restores the global
-    determinism switches that `fit` sets. Returns (metrics.json, printed output)."""
+    """Train a config in this process. Returns (metrics.json, printed output)."""
 
     def run(path: str, root: Path, out: Path, *extra: str) -> tuple[dict, str]:
-        from longtail.engine import fit
-
         cfg = load_config(REPO / "configs" / path)
-        overrides = [f"dataset.root={root}", *TINY, *TINY_DATA[cfg.dataset.name], *extra]
-        saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                 torch.backends.cudnn.benchmark)
-        try:
-            fit(load_config(REPO / "configs" / path, overrides), out)
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.backends.cudnn.benchmark = saved[2]
+        fit_here(REPO / "configs" / path, [f"dataset.root={root}", *TINY, *TINY_DATA[cfg.dataset.name], *extra], out)
         return _check_run(out, load_config(None, extra).model.num_experts), capsys.readouterr().out
 
     return run
@@ -333,7 +277,6 @@ def test_cifar_configs_train_end_to_end(path, tiny_cifar_root, tmp_path, train):
     assert metrics["num_images"] == (50 if "cifar10_" in path else 300)
 
 
-@needs_fmnist
 @pytest.mark.parametrize("path", ["fmnist_lt/lgla_imba100.yaml", "fmnist_lt/lgla_imba10.yaml"])
 def test_fmnist_configs_train_end_to_end(path, tiny_fmnist_root, tmp_path, train):
     cfg = load_config(REPO / "configs" / path)

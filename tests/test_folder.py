@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import TINY_RUN
 from image_tree import OWN_COUNTS, make_class_folders, write_csv_twin
 from longtail.config import load_config
 from longtail.data import build_data
@@ -23,8 +24,7 @@ from longtail.errors import LongtailError
 NAMES = sorted(OWN_COUNTS)  # cat dog emu yak
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "own_data" / "ce.yaml"
 SPLIT = ["dataset.name=folder", "dataset.val_per_class=2", "dataset.test_per_class=3", "data.num_workers=0"]
-TINY = ["model.name=resnet8", "data.image_size=16", "train.epochs=1", "train.batch_size=16", "train.progress=false",
-        "eval.batch_size=64", "train.amp=false"]
+TINY = [*TINY_RUN, "data.image_size=16", "train.batch_size=16", "eval.batch_size=64", "train.amp=false"]
 
 
 @pytest.fixture(scope="module")

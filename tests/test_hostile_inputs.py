@@ -28,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, cli_env, make_fake_cifar
+from conftest import REPO, cli_env, idx_bytes, write_fake_cifar
 from longtail.checkpoint import TRAINING_STATE, load_checkpoint, save_atomic
 from longtail.cli import main
 from longtail.config import SCHEMA, SECTIONS, load_config
@@ -182,8 +182,8 @@ def _build_like_fit(cfg):
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
-    make_fake_cifar(root, "cifar10", train_per_class=20, test_per_class=2)
-    make_fake_cifar(root, "cifar100", train_per_class=6, test_per_class=1)
+    write_fake_cifar(root, "cifar10", train_per_class=20, test_per_class=2)
+    write_fake_cifar(root, "cifar100", train_per_class=6, test_per_class=1)
     return root
 
 
@@ -374,16 +374,11 @@ IDX_FILES = {"train_images": ("train-images-idx3-ubyte.gz", (30, 28, 28)), "trai
              "test_images": ("t10k-images-idx3-ubyte.gz", (20, 28, 28)), "test_labels": ("t10k-labels-idx1-ubyte.gz", (20,))}
 
 
-def _idx_bytes(array: np.ndarray, type_code: int = 8) -> bytes:
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def _write_fmnist(root: Path, replace: dict[str, bytes] | None = None, compress: bool = True) -> None:
     rng = np.random.default_rng(0)
     for key, (name, shape) in IDX_FILES.items():
         array = np.arange(shape[0]) % 10 if "labels" in key else rng.integers(0, 256, shape)
-        raw = (replace or {}).get(key, _idx_bytes(array))
+        raw = (replace or {}).get(key, idx_bytes(array))
         (root / name).write_bytes(gzip.compress(raw, compresslevel=1) if compress else raw)
 
 
@@ -411,7 +406,7 @@ def test_corrupted_fashion_mnist_idx_files(damage, scratch):
     root = _fresh(scratch)
     name, shape = IDX_FILES[key]
     rng = np.random.default_rng(1)
-    good = _idx_bytes(np.arange(shape[0]) % 10 if "labels" in key else rng.integers(0, 256, shape))
+    good = idx_bytes(np.arange(shape[0]) % 10 if "labels" in key else rng.integers(0, 256, shape))
     raw = bytearray(good)
     if kind == "truncate":
         raw = raw[: int(how * len(raw))]
@@ -421,9 +416,9 @@ def test_corrupted_fashion_mnist_idx_files(damage, scratch):
     elif kind == "extra bytes":
         raw += how
     elif kind == "labels":
-        raw = bytearray(_idx_bytes(np.array(how, dtype=np.uint8)))
+        raw = bytearray(idx_bytes(np.array(how, dtype=np.uint8)))
     elif kind == "shape":
-        raw = bytearray(_idx_bytes(np.zeros(how, dtype=np.uint8)))
+        raw = bytearray(idx_bytes(np.zeros(how, dtype=np.uint8)))
     _write_fmnist(root, {key: bytes(raw)})
     if kind == "gzip damage":
         data = bytearray((root / name).read_bytes())
@@ -440,16 +435,16 @@ def test_named_idx_corruptions(tmp_path):
     labels = np.arange(30) % 10
     cases = {
         "wrong magic": ({"train_labels": b"\x08\x03\x00\x00" + b"\x00" * 40}, "not an IDX file"),
-        "wrong type code (int32)": ({"train_labels": _idx_bytes(labels, type_code=0x0C)}, "not an IDX file"),
-        "wrong dims": ({"train_images": _idx_bytes(np.zeros((30, 32, 32)))}, r"expected \(N, 28, 28\)"),
-        "labels as images": ({"train_labels": _idx_bytes(np.zeros((30, 28, 28)))}, r"expected \(N, 28, 28\) and \(N,\)"),
-        "label out of range": ({"train_labels": _idx_bytes(np.r_[labels[:-1], 10])}, "beyond class 9"),
-        "fewer labels than images": ({"train_labels": _idx_bytes(labels[:20])}, "differ in length"),
-        "truncated data": ({"train_images": _idx_bytes(np.zeros((30, 28, 28)))[:-5]}, "header says 23520"),
-        "truncated header": ({"train_images": _idx_bytes(np.zeros((30, 28, 28)))[:9]}, "truncated inside its header"),
-        "extra data": ({"test_labels": _idx_bytes(np.arange(20) % 10) + b"\x00"}, "more than 20 bytes"),
+        "wrong type code (int32)": ({"train_labels": idx_bytes(labels, type_code=0x0C)}, "not an IDX file"),
+        "wrong dims": ({"train_images": idx_bytes(np.zeros((30, 32, 32)))}, r"expected \(N, 28, 28\)"),
+        "labels as images": ({"train_labels": idx_bytes(np.zeros((30, 28, 28)))}, r"expected \(N, 28, 28\) and \(N,\)"),
+        "label out of range": ({"train_labels": idx_bytes(np.r_[labels[:-1], 10])}, "beyond class 9"),
+        "fewer labels than images": ({"train_labels": idx_bytes(labels[:20])}, "differ in length"),
+        "truncated data": ({"train_images": idx_bytes(np.zeros((30, 28, 28)))[:-5]}, "header says 23520"),
+        "truncated header": ({"train_images": idx_bytes(np.zeros((30, 28, 28)))[:9]}, "truncated inside its header"),
+        "extra data": ({"test_labels": idx_bytes(np.arange(20) % 10) + b"\x00"}, "more than 20 bytes"),
         "zero dimensions": ({"train_labels": b"\x00\x00\x08\x00\x05"}, "1 to 4 dimensions"),
-        "empty": ({"train_labels": _idx_bytes(np.zeros(0))}, "differ in length or are empty"),
+        "empty": ({"train_labels": idx_bytes(np.zeros(0))}, "differ in length or are empty"),
         "huge header": ({"train_images": b"\x00\x00\x08\x03" + b"\xff" * 12 + b"\x00" * 100}, "header says"),
     }
     for name, (replace, message) in cases.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_RUN
 from image_tree import TEST_PER_CLASS, TRAIN_COUNTS, VAL_PER_CLASS, make_tree
 from longtail.config import load_config
 from longtail.data import build_data
@@ -20,8 +21,7 @@ from longtail.data.samplers import EpochSampler, SeededSampler
 from longtail.data.transforms import image_eval_transform, image_train_transform
 from longtail.errors import LongtailError
 
-TINY = ["model.name=resnet8", "data.image_size=32", "train.epochs=1", "train.batch_size=10",
-        "train.progress=false", "eval.batch_size=64"]
+TINY = [*TINY_RUN, "data.image_size=32", "train.batch_size=10", "eval.batch_size=64"]
 
 
 @pytest.fixture(scope="module")

@@ -39,10 +39,8 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from conftest import TINY_FMNIST, cli_env, make_small_fmnist, needs_fmnist
+from conftest import TINY_FMNIST, cli_env, make_small_fmnist
 from longtail.checkpoint import TRAINING_STATE, load_checkpoint
-
-pytestmark = needs_fmnist
 
 EPOCHS = 3
 MAX_AIMS = 5  # launches per kill point before the test gives up on a machine too loaded to aim at

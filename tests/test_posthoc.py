@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fake_datasets import write_fake_fmnist
+from conftest import FMNIST_CONFIG, TINY_FMNIST_40, write_fake_fmnist
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.data import long_tailed_counts
@@ -109,19 +109,12 @@ def test_grid_parsing_and_tie_breaking():
 
 # ----------------------------------------------------------------------------- end to end
 
-TINY = [
-    "dataset.n_max=40", "dataset.imbalance_factor=10", "dataset.val_per_class=10", "dataset.download=false",
-    "model.name=resnet8", "train.epochs=1", "train.batch_size=32", "train.progress=false", "data.num_workers=0",
-    "eval.batch_size=500", "device=cpu",
-]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny fmnist_lt run trained with PN (class mass from validation) configured for the final test."""
     root = write_fake_fmnist(tmp_path_factory.mktemp("fmnist"), train_per_class=60, test_per_class=20)
     out = tmp_path_factory.mktemp("runs") / "ce_pn"
-    cfg = load_config("configs/fmnist_lt/ce_imba100.yaml", [*TINY, f"dataset.root={root}", "eval.posthoc=pn"])
+    cfg = load_config(FMNIST_CONFIG, [*TINY_FMNIST_40, f"dataset.root={root}", "eval.posthoc=pn"])
     fit(cfg, out)
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_FMNIST, needs_fmnist
+from conftest import FMNIST_CONFIG
 from longtail.config import dump_yaml, load_config
 from longtail.errors import LongtailError
 
@@ -274,11 +274,10 @@ def test_cli_report(tmp_path: Path, cli):
 
 
 @pytest.mark.slow
-@needs_fmnist
-def test_report_of_a_real_training_run(tmp_path: Path, cli):
+def test_report_of_a_real_training_run(tmp_path: Path, cli, tiny_fmnist):
     # guards the report against drift in what `longtail train` writes
     run = tmp_path / "ce"
-    cli("train", str(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml"), *TINY_FMNIST, "dataset.imbalance_factor=10",
+    cli("train", FMNIST_CONFIG, *tiny_fmnist, "dataset.imbalance_factor=10",
         "--out", str(run))
     report = write_report([run], tmp_path / "report")
     top1 = json.loads((run / "metrics.json").read_text())["top1"]

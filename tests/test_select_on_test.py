@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import TINY_FMNIST, make_small_fmnist, needs_fmnist
+from conftest import TINY_FMNIST, epoch_rows, fit_here, make_small_fmnist
 from longtail import selection
 from longtail.checkpoint import load_checkpoint
 from longtail.config import Config, load_config
@@ -32,25 +31,17 @@ def small_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def train(small_root, capsys):
-    """Train the fmnist CE config tiny in this process; returns (run dir, metrics.json, epochs.jsonl rows, stdout).
-    Restores the determinism switches `fit` sets."""
-    from longtail.engine import fit
+    """Train the fmnist CE config tiny in this process; returns (metrics.json, epochs.jsonl rows, stdout)."""
 
     def run(out: Path, *extra: str):
         overrides = [f"dataset.root={small_root}", "dataset.download=false", *TINY_FMNIST, "train.epochs=3",
                      "train.lr=0.4", "train.amp=false", "device=cpu", *extra]
-        saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-        try:
-            fit(load_config(CONFIG, overrides), out)
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        rows = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
-        return json.loads((out / "metrics.json").read_text()), rows, capsys.readouterr().out
+        fit_here(CONFIG, overrides, out)
+        return json.loads((out / "metrics.json").read_text()), epoch_rows(out), capsys.readouterr().out
 
     return run
 
 
-@needs_fmnist
 def test_best_test_picks_the_epoch_with_the_best_recorded_test_top1(train, tmp_path):
     from longtail.evaluation import evaluate_checkpoint
 
@@ -89,7 +80,6 @@ def _scripted(monkeypatch, key: str, values: list[float], decoy: str | None = No
     monkeypatch.setattr(selection, "test_scores", scores)
 
 
-@needs_fmnist
 def test_the_selected_epoch_need_not_be_the_last(train, tmp_path, monkeypatch):
     _scripted(monkeypatch, "test_top1", [40.0, 90.0, 60.0])
     metrics, rows, _ = train(tmp_path / "run", "train.select=best_test")
@@ -98,7 +88,6 @@ def test_the_selected_epoch_need_not_be_the_last(train, tmp_path, monkeypatch):
     assert metrics["top1"] == pytest.approx(rows[1]["real_test_top1"], abs=1e-9)
 
 
-@needs_fmnist
 def test_with_a_posthoc_the_corrected_test_top1_decides(train, tmp_path, monkeypatch):
     _scripted(monkeypatch, "test_la_top1", [30.0, 20.0, 80.0], decoy="test_top1", decoy_values=[95.0, 10.0, 10.0])
     metrics, rows, printed = train(tmp_path / "run", "train.select=best_test", "eval.posthoc=la")

@@ -7,14 +7,13 @@ import json
 
 import pytest
 
-from conftest import TINY_FMNIST, make_small_fmnist, needs_fmnist
+from conftest import TINY_FMNIST, make_small_fmnist
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.engine import fit
 from longtail.evaluation import load_outputs
 from longtail.shift import DEFAULT_PRIORS, resample, parse_prior
 
-pytestmark = needs_fmnist
 CONFIG = "configs/fmnist_lt/ce_imba100.yaml"
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_FMNIST, cli_env, make_small_fmnist, needs_fmnist
+from conftest import REPO, TINY_FMNIST, cli_env, make_small_fmnist
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.errors import LongtailError
@@ -233,7 +233,7 @@ def test_report_reads_saved_posthoc_evaluations_of_the_test_split(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fmnist_root(tmp_path_factory):
+def small_root(tmp_path_factory):
     return make_small_fmnist(tmp_path_factory.mktemp("fmnist_sweep"))
 
 
@@ -266,9 +266,8 @@ def make_partial(run: Path, argv: list[str]) -> None:
 
 
 @pytest.mark.slow
-@needs_fmnist
-def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, fmnist_root, cli):
-    path = tiny_sweep(tmp_path, fmnist_root, epochs=2)
+def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_root, cli):
+    path = tiny_sweep(tmp_path, small_root, epochs=2)
     sweep = load_sweep(path)
     partial = next(t for t in sweep.trainings if t.name == "ce/seed=1")
     make_partial(partial.run_dir, partial.argv)

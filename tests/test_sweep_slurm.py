@@ -15,12 +15,11 @@ import pytest
 import yaml
 
 import slurm_cluster
-from conftest import SRC, cli_env, make_small_fmnist, needs_fmnist
+from conftest import SRC, cli_env, make_small_fmnist
 from test_sweep import tiny_sweep, write_sweep
 
 _missing = slurm_cluster.missing_binaries()
 pytestmark = [
-    needs_fmnist,
     pytest.mark.slow,
     pytest.mark.skipif(bool(_missing), reason=f"Slurm is not installed ({', '.join(_missing)} missing): apt-get install slurm-wlm munge"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the test cluster's slurmd runs jobs as root, so these tests must run as root"),
@@ -42,15 +41,15 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fmnist_root(tmp_path_factory):
+def small_root(tmp_path_factory):
     return make_small_fmnist(tmp_path_factory.mktemp("fmnist_slurm"))
 
 
 @pytest.fixture(scope="module")
-def swept(cluster, fmnist_root, tmp_path_factory):
+def swept(cluster, small_root, tmp_path_factory):
     """A sweep run to its end through Slurm: 2 CE runs, 2 failing runs, 2 post-hoc steps."""
     folder = tmp_path_factory.mktemp("slurm_sweep")
-    path = tiny_sweep(folder, fmnist_root, epochs=2)
+    path = tiny_sweep(folder, small_root, epochs=2)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm", "--jobs", "2"],
                           env=cli_env(), capture_output=True, text=True, timeout=900)
@@ -95,7 +94,7 @@ def _wait(condition, what: str, timeout_s: float = 300.0, every_s: float = 0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(swept, fmnist_root):
+def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(swept, small_root):
     folder, _ = swept
     reference = folder / "runs" / "ce" / "seed=0"
     body = yaml.safe_load((folder / "sweep.yaml").read_text())  # the same runs: ce/seed=0 is the reference

@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import SRC, cli_env
 from deploy_runs import TINY, evaluate_scores, normalised, split_images
-from fake_datasets import write_fake_fmnist
+from conftest import write_fake_fmnist
 from longtail.calibration import fit_bcts
 from longtail.checkpoint import load_checkpoint, save_atomic
 from longtail.cli import main

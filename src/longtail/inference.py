@@ -5,10 +5,12 @@ Precision (`train.amp`): `auto` is bf16 autocast on CUDA and on CPUs with native
 (AVX512-BF16 or AMX), float32 elsewhere; `true` / `false` force it. Layout (`train.channels_last`):
 `auto` is channels_last wherever bf16 autocast runs (where it was measured to pay), NCHW elsewhere.
 Evaluation runs in the precision the run trained in. Losses, metrics and statistics stay float32/float64.
+$LONGTAIL_NATIVE_BF16 (1 or 0) overrides the CPU probe, so either resolution of `auto` can be tested on any CPU.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import Iterable, Union
 
@@ -20,12 +22,23 @@ from .config import Config
 from .data import DataBundle
 from .data.pipeline import eval_batches
 from .distributed import Runtime
+from .errors import LongtailError
 from .metrics import evaluate_predictions
+
+
+NATIVE_BF16_ENV = "LONGTAIL_NATIVE_BF16"
 
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles), read from what
-    PyTorch's own CPU probe reports, not guessed from the vendor. Without it bf16 is emulated and slower."""
+    PyTorch's own CPU probe reports, not guessed from the vendor. Without it bf16 is emulated and slower.
+    $LONGTAIL_NATIVE_BF16=1 or 0 answers instead of the probe."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise LongtailError(f"{NATIVE_BF16_ENV}={forced!r} is neither 1 (treat this CPU as computing bf16 natively) "
+                                "nor 0 (as not); set one of them or unset it")
+        return forced == "1"
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

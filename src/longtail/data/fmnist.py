@@ -67,7 +67,15 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
-def _find_dir(candidates: list[Path]) -> Optional[Path]:
+def search_dirs(root: Optional[str], defaults: bool = True) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: `dataset.root` (and torchvision's layout below it), then, with
+    `defaults`, Debian's dataset-fashion-mnist and longtail's own download."""
+    dirs = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root else []
+    return dirs + ([DEBIAN_DIR, CACHE_DIR / "FashionMNIST" / "raw"] if defaults else [])
+
+
+def first_complete(candidates: list[Path]) -> Optional[Path]:
+    """The first folder holding all four IDX files, or None."""
     for directory in candidates:
         if all((directory / name).is_file() for name in FILES.values()):
             return directory
@@ -82,15 +90,11 @@ def _download(root: Path) -> Optional[Path]:
         FashionMNIST(str(root), train=False, download=True)
     except Exception:  # offline or blocked: reported below with every place that was tried
         return None
-    return _find_dir([root / "FashionMNIST" / "raw"])
+    return first_complete([root / "FashionMNIST" / "raw"])
 
 
 def locate(root: Optional[str], download: bool) -> Path:
-    tried = []
-    if root:
-        tried += [Path(root), Path(root) / "FashionMNIST" / "raw"]
-    tried += [DEBIAN_DIR, CACHE_DIR / "FashionMNIST" / "raw"]
-    found = _find_dir(tried)
+    found = first_complete(search_dirs(root))
     if found is None and download:
         found = _download(Path(root) if root else CACHE_DIR)
     if found is None:
