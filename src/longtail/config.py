@@ -64,11 +64,22 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet32"
     num_experts: int = 3
-    pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
+    # local checkpoint path, or "torchvision" (torchvision models), "hub" (timm/ and clip/ models: their own download,
+    # through the library's cache), "openai" or another open_clip tag (clip/ models)
+    pretrained: Optional[str] = None
     freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
     pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
-    scale: float = 30.0  # s of a cosine classifier
+    scale: float = 30.0  # s of a cosine classifier (LIFT's cosine head uses 30 too)
+    # which parameters train (models/finetune.py): full (all) | linear (the classifier only) | bias (every bias and the
+    # classifier, BitFit) | lora (peft's LoRA on the attention and MLP projections + classifier) | adapter (an
+    # AdaptFormer bottleneck in parallel with each MLP block + classifier); lora and adapter need a transformer backbone
+    finetune: str = "full"
+    lora_rank: int = 8  # model.finetune=lora: rank r of each LoRA update (peft's lora_alpha = r, so the update is B A)
+    adapter_dim: Optional[int] = None  # model.finetune=adapter: bottleneck width; null: LIFT's 2**floor(log2(C / 2L))
+    # how the classifier starts (models/head_init.py): random | class_means (the normalised mean feature of each class
+    # over the training set, one pass) | text (clip/ models: the normalised text embedding of "a photo of a {name}.")
+    head_init: str = "random"
 
 
 @dataclass
@@ -149,6 +160,8 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
     "eval.posthoc": ("none", "la", "pn", "tau_norm"),
     "eval.pn_mass": ("val", "transductive"),
     "model.classifier": ("linear", "cosine"),
+    "model.finetune": ("full", "linear", "bias", "lora", "adapter"),
+    "model.head_init": ("random", "class_means", "text"),
 }
 
 
@@ -301,6 +314,8 @@ def _check_ranges(cfg: Config) -> None:
         "model.num_experts": cfg.model.num_experts,
         "loss.num_experts": cfg.model.num_experts if cfg.loss.num_experts is None else cfg.loss.num_experts,
         "data.image_size": cfg.data.image_size,
+        "model.lora_rank": cfg.model.lora_rank,
+        "model.adapter_dim": 1 if cfg.model.adapter_dim is None else cfg.model.adapter_dim,
     }
     for key, value in positive.items():
         if value < 1:
@@ -348,6 +363,11 @@ def _check_consistency(cfg: Config) -> None:
         raise LongtailError(
             f"loss.drw_epoch {cfg.loss.drw_epoch} is not below train.epochs {cfg.train.epochs}, so LDAM-DRW would never "
             "re-weight; set loss.drw_epoch (0-based) below train.epochs, e.g. at 80% of the epochs"
+        )
+    if cfg.model.freeze_backbone and cfg.model.finetune not in ("full", "linear"):
+        raise LongtailError(
+            f"model.freeze_backbone=true trains the classifier only, which contradicts model.finetune={cfg.model.finetune}; "
+            "drop model.freeze_backbone (model.finetune=linear is the same as freeze_backbone)"
         )
     if cfg.loss.name == "ldam_drw" and cfg.model.classifier == "cosine" and cfg.loss.scale != cfg.model.scale:
         raise LongtailError(

@@ -210,7 +210,7 @@ def load_deployment(run: str | Path, overrides: Sequence[str] = (), posthoc: Opt
     cfg, ckpt, ckpt_path = load_run(run, overrides)
     names = class_names_of(ckpt)
     prep = preprocessing(cfg, ckpt)
-    model = restore_model(cfg, ckpt, device or resolve_device(cfg.device)).eval()
+    model = restore_model(cfg, ckpt, device or resolve_device(cfg.device), ckpt_path).eval()
     rule = configured_rule(cfg, ckpt, ckpt_path, model, posthoc, tau)
     return Deployment(cfg, ckpt, ckpt_path, model, names, prep, rule)
 

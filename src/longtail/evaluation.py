@@ -22,7 +22,7 @@ from .data import DataBundle, build_data, long_tailed_counts
 from .inference import predict_split
 from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
-from .models import create_model
+from .models import create_model, finetune
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
 from .selection import protocol_fields
 
@@ -60,16 +60,16 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
     return from_flat(values), ckpt, ckpt_path
 
 
-def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
-    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
-    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError):
-        raise LongtailError(
-            f"the checkpoint's weights do not fit model '{cfg.model.name}' with {ckpt['num_classes']} classes; "
-            "it was saved by a different model or class count"
-        ) from None
+def restore_model(cfg: Config, ckpt: dict, device: torch.device, source: str | Path = "the checkpoint") -> nn.Module:
+    """The checkpoint's model. A checkpoint with every weight is built without model.pretrained (no download, no
+    stage-1 file needed); one holding only the trained tensors of a model.finetune run (a 'base' entry) is built
+    on its base weights, read again from model.pretrained after checking they are the same file."""
+    if "base" in ckpt:
+        finetune.check_base(cfg.model, ckpt["base"], source)
+        model = create_model(cfg.model, ckpt["num_classes"], ckpt["in_channels"])
+    else:
+        model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
+    finetune.load_model_state(model, ckpt["model"], "base" in ckpt, source)
     return model.to(device)
 
 
@@ -117,7 +117,7 @@ def outputs_of(cfg: Config, ckpt: dict, ckpt_path: Path, splits: Sequence[str]) 
     try:
         bundle = build_data(cfg)
         check_bundle(bundle, ckpt)
-        model = restore_model(cfg, ckpt, runtime.device)
+        model = restore_model(cfg, ckpt, runtime.device, ckpt_path)
         data = {"val": bundle.val, "test": bundle.test}
         outputs = {s: (predict_split(model, data[s], bundle, cfg, runtime) if data[s] is not None else None) for s in splits}
     finally:

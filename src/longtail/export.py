@@ -20,6 +20,7 @@ Exported in float32 on the CPU.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -35,6 +36,7 @@ from . import __version__
 from .checkpoint import write_json_atomic
 from .deployment import Deployment, ScoreRule, load_deployment
 from .errors import LongtailError, one_line
+from .models.lora import merge_lora
 
 INSTALL_HINT = 'pip install "longtail[export]"'
 EXAMPLE_BATCH = 2  # a batch of 1 would freeze the batch dimension
@@ -85,7 +87,10 @@ def fold_rule(model: nn.Module, rule: ScoreRule) -> tuple[Optional[torch.Tensor]
 
 
 def prepared_model(deployment: Deployment, prior_input: bool) -> tuple[ScoredModel, str]:
-    model = deployment.model.float().cpu().eval()
+    """A copy of the run's model ready to trace: float32 on the CPU, LoRA updates merged into their layers
+    (models/lora.py; adapters stay as layers of the graph), the rule folded into the head where it can be."""
+    model = copy.deepcopy(deployment.model).float().cpu().eval()
+    merge_lora(model)
     scale, bias, folded = fold_rule(model, deployment.rule)
     return ScoredModel(model, scale, bias, prior_input).eval(), folded
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from ..config import Config
 from ..errors import LongtailError
+from ..models import backbone_preprocessing
 from .base import DataBundle, RawDataset, TensorImages
 from .cifar import CIFAR, load_cifar
 from .fmnist import CLASS_NAMES as FMNIST_CLASS_NAMES, load_fmnist
@@ -67,10 +69,30 @@ def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
 def build_data(cfg: Config) -> DataBundle:
     name = cfg.dataset.name
     if name in IN_MEMORY:
-        return make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
-    if name in IMAGE_LISTS:
-        return IMAGE_LISTS[name](cfg, name)
-    raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
+        bundle = make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
+    elif name in IMAGE_LISTS:
+        bundle = IMAGE_LISTS[name](cfg, name)
+    else:
+        raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
+    return with_backbone_preprocessing(bundle, cfg)
+
+
+def with_backbone_preprocessing(bundle: DataBundle, cfg: Config) -> DataBundle:
+    """A pretrained timm/ or clip/ backbone's mean/std (when its channels match the images') and resizing
+    interpolation replace the dataset's, so training, evaluation, predict and export feed it what it was
+    pretrained on (models.backbone_preprocessing). Image files are resized to data.image_size; a note says
+    when that differs from the backbone's own size."""
+    pre = backbone_preprocessing(cfg.model)
+    if pre is None:
+        return bundle
+    notes = list(bundle.notes)
+    if not bundle.in_memory and pre["image_size"] is not None and pre["image_size"] != cfg.data.image_size:
+        notes.append(f"{cfg.model.name} was pretrained at {pre['image_size']} px; this run resizes to data.image_size="
+                     f"{cfg.data.image_size}")
+    if len(pre["mean"]) != bundle.in_channels:
+        return dataclasses.replace(bundle, interpolation=pre["interpolation"], notes=notes)
+    return dataclasses.replace(bundle, mean=tuple(pre["mean"]), std=tuple(pre["std"]), interpolation=pre["interpolation"],
+                               notes=notes)
 
 
 __all__ = [

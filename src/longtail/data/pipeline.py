@@ -71,7 +71,7 @@ def _train_dataset(bundle: DataBundle, cfg: Config) -> TransformedImages:
     if bundle.in_memory:
         size = int(bundle.train.images.shape[-1])
         return TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std))
-    return TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
+    return TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std, bundle.interpolation))
 
 
 def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBatches:
@@ -113,7 +113,7 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
         raise LongtailError(f"an evaluation split has {len(split)} images, fewer than the {runtime.world_size} processes; use fewer processes")
     shard = range(runtime.rank, len(split), runtime.world_size)
     if not bundle.in_memory:
-        images = TransformedImages(split, image_eval_transform(cfg.data.image_size, bundle.mean, bundle.std))
+        images = TransformedImages(split, image_eval_transform(cfg.data.image_size, bundle.mean, bundle.std, bundle.interpolation))
         subset = torch.utils.data.Subset(images, list(shard))
         for x, y in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
             yield x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)

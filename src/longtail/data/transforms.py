@@ -75,13 +75,15 @@ def resize_for_eval(size: int) -> int:
     return int(round(size * 256 / 224))
 
 
-def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size."""
-    size = cfg.image_size
+def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                          interpolation: str = "bilinear") -> v2.Compose:
+    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size;
+    `interpolation` (bilinear | bicubic, a pretrained backbone's) resizes."""
+    size, mode = cfg.image_size, v2.InterpolationMode(interpolation)
     if cfg.crop:
-        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
+        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True)]
     else:
-        steps = [v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size)]
+        steps = [v2.Resize(resize_for_eval(size), interpolation=mode, antialias=True), v2.CenterCrop(size)]
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += _photometric(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
@@ -89,8 +91,8 @@ def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[f
     return v2.Compose(steps)
 
 
-def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear") -> v2.Compose:
     return v2.Compose([
-        v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size),
+        v2.Resize(resize_for_eval(size), interpolation=v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
     ])
