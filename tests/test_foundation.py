@@ -424,3 +424,32 @@ def test_config_keys_are_checked():
         load_config(None, ["model.lora_rank=0"])
     with pytest.raises(LongtailError, match="contradicts model.finetune=lora"):
         load_config(None, ["model.freeze_backbone=true", "model.finetune=lora"])
+
+
+def test_cifar100_class_names_come_from_its_meta_file(tmp_path):
+    import pickle
+
+    from longtail.data.cifar import load_cifar
+
+    root = write_fake_cifar(tmp_path, "cifar100", train_per_class=2, test_per_class=1)
+    assert load_cifar("cifar100", str(root), download=False).class_names is None  # no meta file: indices
+    names = [f"class_{i}".encode() for i in range(99)] + [b"maple_tree"]
+    (root / "cifar-100-python" / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": []}, protocol=2))
+    assert load_cifar("cifar100", str(root), download=False).class_names == [n.decode() for n in names]
+    (root / "cifar-100-python" / "meta").write_bytes(pickle.dumps({b"fine_label_names": names[:5]}, protocol=2))
+    with pytest.raises(LongtailError, match="has no list of 100 'fine_label_names'"):
+        load_cifar("cifar100", str(root), download=False)
+
+
+def test_text_prompts_read_underscores_as_spaces():
+    from longtail.models.head_init import text_features
+
+    seen = []
+
+    class Model(nn.Module):
+        def text_tower(self, prompts, device):
+            seen.extend(prompts)
+            return torch.eye(len(prompts))
+
+    text_features(Model(), ["maple_tree", "cat"], torch.device("cpu"))
+    assert seen == ["a photo of a maple tree.", "a photo of a cat."]

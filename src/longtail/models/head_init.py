@@ -4,7 +4,8 @@
     class_means  row c = mu_c / ||mu_c||, mu_c = mean of f(x) over the training images of class c (one pass, the
                  evaluation transform, the model in eval mode; a class mean is taken of raw, not normalised, features)
     text         row c = t_c / ||t_c||, t_c = CLIP's text embedding of the prompt "a photo of a {name c}." (clip/
-                 models; LIFT's semantic-aware initialisation, Shi et al. ICML 2024)
+                 models; LIFT's semantic-aware initialisation, Shi et al. ICML 2024); underscores in a class
+                 name are read as spaces (CIFAR-100's 'maple_tree')
 
 Rows are unit vectors: a cosine classifier then starts as s * cos(w_c, f), LIFT's head (s = model.scale); a linear
 classifier gets them as weights with a zero bias.
@@ -49,7 +50,7 @@ def text_features(model: nn.Module, class_names: list[str], device: torch.device
     if tower is None:
         raise LongtailError(f"model.head_init=text needs a text tower (a clip/... model); {type(model).__name__} has none: "
                             "use model.head_init=class_means")
-    return tower([PROMPT.format(name) for name in class_names], device)
+    return tower([PROMPT.format(name.replace("_", " ")) for name in class_names], device)
 
 
 def set_rows(classifier: nn.Module, rows: torch.Tensor) -> None:
