@@ -453,3 +453,20 @@ def test_text_prompts_read_underscores_as_spaces():
 
     text_features(Model(), ["maple_tree", "cat"], torch.device("cpu"))
     assert seen == ["a photo of a maple tree.", "a photo of a cat."]
+
+
+def test_list_datasets_take_class_names_from_a_file_or_inat_categories(tmp_path):
+    from longtail.data.image_list import Problems, read_class_names, read_inat_json
+
+    names = tmp_path / "names.txt"
+    names.write_text("tench\ngoldfish\n\ngreat white shark\n", encoding="utf-8")
+    assert read_class_names(str(names), 3) == ["tench", "goldfish", "great white shark"]
+    with pytest.raises(LongtailError, match="has 3 names for 4 classes"):
+        read_class_names(str(names), 4)
+    inat = tmp_path / "train2018.json"
+    inat.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 2, "category_id": 0}],
+        "categories": [{"id": 1, "name": "Aves"}, {"id": 0, "name": "Plantae"}],
+    }))
+    assert read_inat_json(inat, Problems()).category_names == ["Plantae", "Aves"]

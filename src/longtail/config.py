@@ -38,6 +38,9 @@ class DatasetConfig:
     test_list: Optional[str] = None
     num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
     verify_images: bool = False  # list datasets: decode every image before training, report all failures
+    # list datasets: a text file of one class name per line in class-index order (model.head_init=text needs names;
+    # iNat's JSON categories give theirs); null: the names the data gives, else class indices
+    class_names: Optional[str] = None
     csv: Optional[str] = None  # folder datasets: one `path,label` CSV of every image, split like a single tree
     test_per_class: int = 100  # folder datasets: test images per class taken from a single tree or CSV
 
