@@ -320,6 +320,9 @@ def tiny_clip(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("clip")
     (tmp / "lt-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp / "lt-tiny-clip.json")
+    wide = {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 48}}  # takes 48 px: CIFAR is resized
+    (tmp / "lt-tiny-clip48.json").write_text(json.dumps(wide))
+    open_clip.add_model_config(tmp / "lt-tiny-clip48.json")
     torch.manual_seed(0)
     weights = tmp / "tiny_clip.pt"
     torch.save(open_clip.create_model("lt-tiny-clip").state_dict(), weights)
@@ -470,3 +473,27 @@ def test_list_datasets_take_class_names_from_a_file_or_inat_categories(tmp_path)
         "categories": [{"id": 1, "name": "Aves"}, {"id": 0, "name": "Plantae"}],
     }))
     assert read_inat_json(inat, Problems()).category_names == ["Plantae", "Aves"]
+
+
+def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_same_input(files, tiny_clip, tmp_path):
+    import open_clip
+
+    from longtail.data import build_data
+    from longtail.data.pipeline import eval_batches
+    from longtail.deployment import load_deployment
+    from longtail.distributed import Runtime
+
+    weights = tmp_path / "clip48.pt"
+    torch.save(open_clip.create_model("lt-tiny-clip48").state_dict(), weights)
+    run = tmp_path / "run"
+    overrides = ["model.name=clip/lt-tiny-clip48", f"model.pretrained={weights}", "model.finetune=adapter",
+                 "model.head_init=text", "model.classifier=cosine", "model.scale=25", "train.epochs=1"]
+    cfg = load_config(None, [*TINY_CIFAR, f"dataset.root={files['cifar']}", *overrides])
+    metrics = fit(cfg, run)
+    assert 0.0 <= metrics["top1"] <= 100.0
+    bundle = build_data(cfg)
+    assert bundle.resize == 48 and bundle.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
+    x, _ = next(eval_batches(bundle.test, bundle, cfg, Runtime(torch.device("cpu"))))
+    assert x.shape[-2:] == (48, 48)
+    deployment = load_deployment(run)
+    assert torch.allclose(deployment.preprocessing(bundle.test.images[0]), x[0], atol=1e-6)

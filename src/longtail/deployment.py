@@ -56,6 +56,7 @@ class Preprocessing:
     always_resize: bool  # False: in-memory datasets, whose S x S images are used as they are
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"  # a pretrained backbone's (models.backbone_preprocessing)
 
     @property
     def color(self) -> str:
@@ -75,7 +76,8 @@ class Preprocessing:
         from .data.transforms import eval_transform
 
         if self.always_resize or tuple(image.shape[-2:]) != (self.size, self.size):
-            image = v2.CenterCrop(self.size)(v2.Resize(self.resize, antialias=True)(image))
+            mode = v2.InterpolationMode(self.interpolation)
+            image = v2.CenterCrop(self.size)(v2.Resize(self.resize, interpolation=mode, antialias=True)(image))
         return eval_transform(self.mean, self.std)(image)
 
     def metadata(self) -> dict:
@@ -85,7 +87,7 @@ class Preprocessing:
             "layout": "NCHW", "dtype": "float32", "channels": self.channels, "color": self.color,
             "size": [self.size, self.size], "mean": list(self.mean), "std": list(self.std),
             "normalisation": "x[c] = (pixel[c] / 255 - mean[c]) / std[c], pixels as 0..255 integers",
-            "resize": f"short side to {self.resize} (antialiased), then centre crop {self.size} x {self.size}{keep}",
+            "resize": f"short side to {self.resize} ({self.interpolation}, antialiased), then centre crop {self.size} x {self.size}{keep}",
         }
 
 
@@ -96,13 +98,19 @@ def preprocessing(cfg: Config, ckpt: dict) -> Preprocessing:
     mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     if len(mean) != channels or len(std) != channels:
         raise LongtailError(f"the checkpoint's mean/std have {len(mean)}/{len(std)} values for {channels} channels; the checkpoint is damaged")
+    from .models import backbone_preprocessing
+
+    backbone = backbone_preprocessing(cfg.model)
+    interpolation = backbone["interpolation"] if backbone is not None else "bilinear"
     if cfg.dataset.name in IN_MEMORY_SIZES:
         size = IN_MEMORY_SIZES[cfg.dataset.name]
-        return Preprocessing(channels, size, size, False, mean, std)
+        if backbone is not None and backbone["image_size"] not in (None, size):  # resized as data.with_backbone_preprocessing does
+            return Preprocessing(channels, backbone["image_size"], backbone["image_size"], True, mean, std, interpolation)
+        return Preprocessing(channels, size, size, False, mean, std, interpolation)
     from .data.transforms import resize_for_eval
 
     size = cfg.data.image_size
-    return Preprocessing(channels, size, resize_for_eval(size), True, mean, std)
+    return Preprocessing(channels, size, resize_for_eval(size), True, mean, std, interpolation)
 
 
 # ----------------------------------------------------------------------------- the prediction rule

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Iterator, Optional, Protocol
 
 import torch
+from torchvision.transforms import v2
 
 from ..config import Config
 from ..distributed import Runtime
@@ -53,7 +54,10 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
     config asks for augmentation only the loader has; the loader for image-list datasets."""
     name = cfg.data.pipeline
     if name == "auto":
-        return "device" if bundle.in_memory and not device_unsupported(cfg) else "loader"
+        return "device" if bundle.in_memory and bundle.resize is None and not device_unsupported(cfg) else "loader"
+    if name == "device" and bundle.resize is not None:
+        raise LongtailError(f"data.pipeline=device does not resize images to {cfg.model.name}'s {bundle.resize} px; "
+                            "use data.pipeline=loader or auto")
     if name == "device" and not bundle.in_memory:
         raise LongtailError(
             f"data.pipeline=device needs an in-memory dataset (fmnist_lt, cifar10_lt, cifar100_lt); "
@@ -70,7 +74,7 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
 def _train_dataset(bundle: DataBundle, cfg: Config) -> TransformedImages:
     if bundle.in_memory:
         size = int(bundle.train.images.shape[-1])
-        return TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std))
+        return TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std, bundle.resize, bundle.interpolation))
     return TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std, bundle.interpolation))
 
 
@@ -124,4 +128,6 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
     for start in range(0, len(labels), cfg.eval.batch_size):
         x = images[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
         y = labels[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
+        if bundle.resize is not None:  # as the training transform and deployment.Preprocessing resize, on uint8
+            x = v2.functional.resize(x, [bundle.resize] * 2, interpolation=v2.InterpolationMode(bundle.interpolation), antialias=True)
         yield normalize_uint8(x, mean, std), y

@@ -8,6 +8,8 @@ AutoAugment, RandAugment, RandomGrayscale, GaussianBlur, Cutout.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torchvision.transforms import v2
 
@@ -54,13 +56,17 @@ def _photometric(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) -> li
     return steps
 
 
-def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """In-memory images (size x size): pad-4 crop and flip, then the photometric keys."""
+def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                    resize: Optional[int] = None, interpolation: str = "bilinear") -> v2.Compose:
+    """In-memory images (size x size): pad-4 crop and flip, (a pretrained backbone's `resize`,) then the photometric keys."""
     steps: list[torch.nn.Module] = []
     if cfg.crop:
         steps.append(v2.RandomCrop(size, padding=4))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if resize is not None:
+        steps.append(v2.Resize([resize, resize], interpolation=v2.InterpolationMode(interpolation), antialias=True))
+        size = resize
     steps += _photometric(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
