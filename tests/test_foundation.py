@@ -497,3 +497,17 @@ def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_sa
     assert x.shape[-2:] == (48, 48)
     deployment = load_deployment(run)
     assert torch.allclose(deployment.preprocessing(bundle.test.images[0]), x[0], atol=1e-6)
+
+
+def test_lift_configs_follow_the_released_recipe():
+    from longtail.models.adapter import lift_adapter_dim
+
+    repo = Path(__file__).resolve().parents[1]
+    for path, classes, epochs in (("imagenet_lt/lift_clip_vit_b16.yaml", 1000, 10), ("places_lt/lift_clip_vit_b16.yaml", 365, 10),
+                                  ("inat2018/lift_clip_vit_b16.yaml", 8142, 20), ("cifar100_lt/lift_clip_vit_b16_imba100.yaml", 100, 10)):
+        cfg = load_config(repo / "configs" / path)
+        m, t = cfg.model, cfg.train
+        assert (m.name, m.pretrained, m.finetune, m.head_init, m.classifier, m.scale) == ("clip/ViT-B-16", "openai", "adapter", "text", "cosine", 25.0)
+        assert (cfg.loss.name, t.epochs, t.batch_size, t.lr, t.weight_decay, t.schedule) == ("la", epochs, 128, 0.01, 5e-4, "cosine")
+        assert "published, not reproduced here" in (repo / "configs" / path).read_text()
+        assert m.adapter_dim is None and lift_adapter_dim(classes, 12) == {1000: 32, 365: 8, 8142: 256, 100: 4}[classes]
