@@ -208,6 +208,8 @@ def test_merged_export_equals_the_unmerged_forward(files, lora_run, tmp_path):
 
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert not any("lora" in t.name for t in graph.initializer)  # merged: no LoRA matrices in the graph
+    scripted = export_run(lora_run, "torchscript", tmp_path / "model.pt", posthoc="none")
+    assert scripted.max_abs_diff is not None and scripted.max_abs_diff < 1e-4
 
 
 class Interrupted(Exception):
