@@ -15,7 +15,6 @@ has one), downloaded through open_clip's cache when online; or a local file of t
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,27 +23,22 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError, one_line
-from .cosine import CosineClassifier
+from .cosine import BackboneClassifier
+from .libraries import optional_import, unknown_model
 
 PREFIX = "clip/"
 PROMPT = "a photo of a {}."  # LIFT's (and CLIP's zero-shot) single prompt per class name
 
 
 def _open_clip() -> Any:
-    try:
-        import open_clip
-    except ImportError:
-        raise LongtailError('model.name clip/... needs open_clip: pip install "longtail[clip]"') from None
-    return open_clip
+    return optional_import("open_clip", "model.name clip/...", "clip")
 
 
 def check_clip_name(name: str) -> None:
-    open_clip = _open_clip()
-    known = open_clip.list_models()
+    """One line, with open_clip's closest names, for a name open_clip does not know."""
+    known = _open_clip().list_models()
     if name not in known:
-        near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(near)}?" if near else "; see open_clip.list_models()"
-        raise LongtailError(f"open_clip has no model '{name}'{hint}")
+        raise unknown_model("open_clip", name, known, "open_clip.list_models()")
 
 
 def clip_preprocessing(name: str) -> dict[str, Any]:
@@ -100,12 +94,11 @@ class TextTower:
         return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
 
-class ClipClassifier(nn.Module):
+class ClipClassifier(BackboneClassifier):
     """{'logits': (B, C), 'features': (B, D)}: CLIP's image embedding and longtail's classifier."""
 
     def __init__(self, name: str, num_classes: int, in_channels: int = 3, classifier: str = "linear",
                  scale: float = 30.0, pretrained: Optional[str] = None):
-        super().__init__()
         open_clip = _open_clip()
         check_clip_name(name)
         if in_channels != 3:
@@ -124,17 +117,8 @@ class ClipClassifier(nn.Module):
                 "offline, download them where there is internet (open_clip.create_model(name, pretrained=tag) fills "
                 "its cache) or pass model.pretrained=FILE"
             ) from None
-        self.backbone = clip.visual
+        super().__init__(clip.visual, int(clip.visual.output_dim), num_classes, classifier, scale)
         self.text_tower = TextTower(clip, open_clip.get_tokenizer(name))
-        dim = int(clip.visual.output_dim)
-        if classifier == "linear":
-            self.classifier: nn.Module = nn.Linear(dim, num_classes)
-        else:
-            self.classifier = CosineClassifier(dim, num_classes, scale)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        return {"logits": self.classifier(features), "features": features}
 
 
 def clip_from_cfg(cfg: ModelConfig, num_classes: int, in_channels: int) -> ClipClassifier:

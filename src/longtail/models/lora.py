@@ -18,16 +18,13 @@ from typing import Any
 from torch import nn
 
 from ..errors import LongtailError
+from .libraries import optional_import
 
 LINEAR_TARGETS = (".attn.qkv", ".attn.proj", ".mlp.fc1", ".mlp.fc2", ".mlp.c_fc", ".mlp.c_proj")
 
 
 def _peft() -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise LongtailError('model.finetune=lora needs peft: pip install "longtail[peft]"') from None
-    return peft
+    return optional_import("peft", "model.finetune=lora", "peft")
 
 
 def lora_targets(backbone: nn.Module) -> list[str]:

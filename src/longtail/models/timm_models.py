@@ -13,7 +13,6 @@ longtail's `classifier` (model.classifier: linear or cosine) for the dataset's c
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -22,7 +21,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError, one_line
-from .cosine import CosineClassifier
+from .cosine import BackboneClassifier
+from .libraries import optional_import, unknown_model
 from .pretrained import HEAD, load_pretrained, read_tensors
 
 PREFIX = "timm/"
@@ -30,20 +30,14 @@ BACKBONE = "backbone."
 
 
 def _timm() -> Any:
-    try:
-        import timm
-    except ImportError:
-        raise LongtailError('model.name timm/... needs timm: pip install "longtail[timm]"') from None
-    return timm
+    return optional_import("timm", "model.name timm/...", "timm")
 
 
 def check_timm_name(name: str) -> None:
     """One line, with timm's closest names, for a name timm does not know."""
     timm = _timm()
     if not timm.is_model(name):
-        near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(near)}?" if near else "; see timm.list_models()"
-        raise LongtailError(f"timm has no model '{name}'{hint}")
+        raise unknown_model("timm", name, timm.list_models(), "timm.list_models()")
 
 
 def timm_preprocessing(name: str) -> dict[str, Any]:
@@ -71,29 +65,20 @@ def _hub_backbone(timm: Any, name: str, in_channels: int) -> nn.Module:
         ) from None
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(BackboneClassifier):
     """{'logits': (B, C), 'features': (B, D)} of a timm backbone and longtail's classifier."""
 
     def __init__(self, name: str, num_classes: int, in_channels: int = 3, classifier: str = "linear", scale: float = 30.0,
                  hub: bool = False):
-        super().__init__()
         timm = _timm()
         check_timm_name(name)
         if hub:
-            self.backbone = _hub_backbone(timm, name, in_channels)
+            backbone = _hub_backbone(timm, name, in_channels)
         else:
-            self.backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+            backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+        super().__init__(backbone, int(backbone.num_features), num_classes, classifier, scale)
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
         self.timm_head: Union[str, tuple, None] = cfg.get("classifier")
-        dim = int(self.backbone.num_features)
-        if classifier == "linear":
-            self.classifier: nn.Module = nn.Linear(dim, num_classes)
-        else:
-            self.classifier = CosineClassifier(dim, num_classes, scale)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        return {"logits": self.classifier(features), "features": features}
 
 
 def timm_names(state: dict[str, torch.Tensor], head: Union[str, tuple, None]) -> dict[str, torch.Tensor]:
