@@ -513,3 +513,11 @@ def test_lift_configs_follow_the_released_recipe():
         assert (cfg.loss.name, t.epochs, t.batch_size, t.lr, t.weight_decay, t.schedule) == ("la", epochs, 128, 0.01, 5e-4, "cosine")
         assert "published, not reproduced here" in (repo / "configs" / path).read_text()
         assert m.adapter_dim is None and lift_adapter_dim(classes, 12) == {1000: 32, 365: 8, 8142: 256, 100: 4}[classes]
+
+
+def test_is_known_model_says_when_the_library_is_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` now raises ImportError
+    with pytest.raises(LongtailError, match=r'model.name clip/... needs open_clip: pip install "longtail\[clip\]"'):
+        is_known_model("clip/ViT-B-16")

@@ -19,6 +19,7 @@ from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .pretrained import with_pretrained
 from .resnet_cifar import resnet8, resnet20, resnet32
 from .finetune import add_finetune_layers
+from .libraries import MissingExtra
 from .timm_models import PREFIX as TIMM_PREFIX, check_timm_name, timm_from_cfg, timm_preprocessing
 from .torchvision_resnets import torchvision_from_cfg
 
@@ -64,9 +65,9 @@ def is_known_model(name: str) -> bool:
         return name in MODELS
     try:
         PREFIXED[prefix][0](name[len(prefix):])
-    except LongtailError as exc:
-        if "pip install" in str(exc):
-            raise
+    except MissingExtra:
+        raise
+    except LongtailError:
         return False
     return True
 

@@ -9,12 +9,16 @@ from typing import Any, Iterable
 from ..errors import LongtailError
 
 
+class MissingExtra(LongtailError):
+    """An optional library is not installed (the message names the extra that installs it)."""
+
+
 def optional_import(module: str, needed_for: str, extra: str) -> Any:
     """`import module`, or one line saying which extra installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise LongtailError(f'{needed_for} needs {module}: pip install "longtail[{extra}]"') from None
+        raise MissingExtra(f'{needed_for} needs {module}: pip install "longtail[{extra}]"') from None
 
 
 def unknown_model(library: str, name: str, known: Iterable[str], listing: str) -> LongtailError:
