@@ -73,7 +73,7 @@ class ModelConfig:
     freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
     pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
-    scale: float = 30.0  # s of a cosine classifier (LIFT's cosine head uses 30 too)
+    scale: float = 30.0  # s of a cosine classifier (LIFT's code uses 25 with CLIP)
     # which parameters train (models/finetune.py): full (all) | linear (the classifier only) | bias (every bias and the
     # classifier, BitFit) | lora (peft's LoRA on the attention and MLP projections + classifier) | adapter (an
     # AdaptFormer bottleneck in parallel with each MLP block + classifier); lora and adapter need a transformer backbone

@@ -8,6 +8,9 @@
   any other size is resized (short side S, antialiased) and centre-cropped to S x S. Colour follows the
   checkpoint's channels: a grey model converts colour images to Pillow's 'L' (ITU-R 601-2 luma), an RGB
   model converts grey ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] with the checkpoint's mean/std.
+  A run from a pretrained timm/ or clip/ backbone resizes with the backbone's interpolation (bicubic for CLIP),
+  and an in-memory dataset's images go to the backbone's input size, as its training did
+  (models.backbone_preprocessing, data.with_backbone_preprocessing).
 - The prediction rule as per-class constants (`ScoreRule`): scores = logits * scale + bias, from the run's
   eval.posthoc / eval.tau unless overridden:
 
