@@ -148,11 +148,22 @@ def test_a_lora_checkpoint_holds_the_trained_tensors_and_the_base_identity(files
                                 "sha256": hashlib.sha256(files["weights"].read_bytes()).hexdigest()}
         assert sum(v.numel() for v in ckpt["model"].values()) == EXPECTED["lora"]
         assert all(".lora_" in k or k.startswith("classifier.") for k in ckpt["model"])
-    # evaluating it rebuilds the base from the file: the same logits as the model the run tested
+    # evaluating it rebuilds the base from the file: the same scores as the model the run tested, which it could
+    # not be if training had moved a frozen tensor (the checkpoint does not hold them)
     cfg, ckpt, path = load_run(lora_run)
     model = restore_model(cfg, ckpt, torch.device("cpu"), path)
     restored = model.state_dict()
     assert all(torch.equal(restored[k], v) for k, v in ckpt["model"].items())
+    from longtail.evaluation import load_outputs
+    from longtail.metrics import evaluate_predictions
+
+    test = load_outputs(lora_run, splits=("test",)).split("test")
+    tested = json.loads((lora_run / "metrics.json").read_text())
+    assert evaluate_predictions(test["logits"].argmax(1), test["labels"], ckpt["class_counts"])["top1"] == tested["top1"]
+    from longtail.calibration import nll as mean_nll
+
+    nll = mean_nll(test["logits"].double().softmax(-1), test["labels"])
+    assert nll == pytest.approx(tested["calibration"]["before"]["nll"], rel=1e-9, abs=1e-12)  # every logit, not just argmax
 
 
 def test_the_start_line_counts_the_trained_parameters(files, tmp_path, capsys):
