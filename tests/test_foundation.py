@@ -532,3 +532,19 @@ def test_is_known_model_says_when_the_library_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` now raises ImportError
     with pytest.raises(LongtailError, match=r'model.name clip/... needs open_clip: pip install "longtail\[clip\]"'):
         is_known_model("clip/ViT-B-16")
+
+
+def test_tune_shift_and_predict_work_on_a_lora_run(lora_run, tmp_path):
+    """The commands downstream of training rebuild the LoRA model on its base file (the run has a validation
+    split: dataset.val_source=test_holdout)."""
+    from PIL import Image
+
+    from longtail.cli import main
+
+    assert main(["tune", str(lora_run), "--posthoc", "la", "--grid", "0:1:0.5"]) == 0
+    assert main(["shift", str(lora_run), "--priors", "uniform,forward-2"]) == 0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(lora_run), str(image), "--out", str(out)]) == 0
+    assert "photo.png" in out.read_text()
