@@ -11,7 +11,7 @@ checkpoint's tensors find their places when the model is rebuilt. `freeze` then 
 everything else once, before the optimizer is built: frozen parameters get no gradient and no optimizer
 state, and modules with no trained parameter stay in eval mode (freeze.py).
 
-A run that starts from pretrained weights (model.pretrained) and trains part of them stores in its
+A run that starts from pretrained weights (model.pretrained) and trains part of them (model.finetune) stores in its
 checkpoints only the trained tensors and every buffer, plus the base weights' identity (`base_identity`:
 model name, weights spec, sha256 of a weights file), not a second copy of the backbone; the base is read
 again from model.pretrained when the run is resumed, evaluated or exported (`check_base`).
@@ -104,8 +104,10 @@ def describe(trained: int, total: int, cfg: ModelConfig) -> str:
 
 
 def stores_trained_only(cfg: ModelConfig) -> bool:
-    """True when checkpoints hold only the trained tensors (and buffers), the base coming from model.pretrained."""
-    return mode(cfg) != "full" and cfg.pretrained is not None
+    """True when checkpoints hold only the trained tensors (and buffers), the base coming from model.pretrained.
+    model.freeze_backbone (decoupled classifier re-training, whose stage-1 file is a run of the user's) keeps
+    self-contained checkpoints, as before model.finetune existed."""
+    return cfg.finetune != "full" and cfg.pretrained is not None
 
 
 def model_state(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
