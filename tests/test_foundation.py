@@ -548,3 +548,9 @@ def test_tune_shift_and_predict_work_on_a_lora_run(lora_run, tmp_path):
     out = tmp_path / "preds.csv"
     assert main(["predict", str(lora_run), str(image), "--out", str(out)]) == 0
     assert "photo.png" in out.read_text()
+
+
+def test_head_init_needs_a_single_head():
+    experts = create_model(ModelConfig(name="resnet8_experts"), 4, 3)
+    with pytest.raises(LongtailError, match="model.head_init=class_means needs a model with a single head"):
+        initialise_head(experts, "class_means", {})

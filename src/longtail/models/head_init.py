@@ -90,5 +90,10 @@ HEAD_INITS: dict[str, Optional[Callable[[nn.Module, dict[str, Any]], torch.Tenso
 def initialise_head(model: nn.Module, name: str, context: dict[str, Any]) -> None:
     """Apply `model.head_init` (nothing for 'random')."""
     rows = HEAD_INITS[name]
-    if rows is not None:
-        set_rows(model.classifier, rows(model, context))
+    if rows is None:
+        return
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise LongtailError(f"model.head_init={name} needs a model with a single head `classifier`; {type(model).__name__} has none: "
+                            "use model.head_init=random")
+    set_rows(head, rows(model, context))
