@@ -18,7 +18,7 @@ resident set, ru_maxrss; CUDA: torch.cuda.max_memory_allocated). The ViT (`lt_fm
 64, 4 blocks, 4 heads, MLP 128) and the two class-subset datasets are registered in timm's and longtail's tables
 by this script, in the processes it starts.
 
-  python benchmarks/transfer.py                 # the full table (about 8 minutes on 2 idle CPU cores)
+  python benchmarks/transfer.py                 # the full table (estimated 8-10 minutes on 2 idle CPU cores)
   python benchmarks/transfer.py --quick --out /tmp/transfer.md   # a check of the pipeline in a minute
 """
 
@@ -136,8 +136,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "transfer_fmnist.md"))
     parser.add_argument("--runs", default="runs/transfer", help="folder of the runs (pretraining and fine-tuning)")
     parser.add_argument("--root", default=None, help="Fashion-MNIST folder (default: the dataset's standard places)")
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pretrain-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch each, 1000 pretraining images per class")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -148,12 +148,13 @@ def main() -> None:
     runs = Path(args.runs)
     seeds = SEEDS[:1] if args.quick else SEEDS
     pre_epochs, epochs = (1, 1) if args.quick else (args.pretrain_epochs, args.epochs)
+    pre_per_class = 1000 if args.quick else 6000
     base = [*COMMON, f"device={args.device}"] + ([f"dataset.root={args.root}"] if args.root else [])
     start = time.time()
     pretrain = runs / "pretrain_0to4"
     if not (pretrain / "metrics.json").is_file():
         pre = launch(pretrain, [*base, "dataset.name=fmnist_0to4", "dataset.imbalance_factor=1",
-                                f"dataset.n_max={1000 if args.quick else 6000}", "loss.name=ce", f"train.epochs={pre_epochs}"])
+                                f"dataset.n_max={pre_per_class}", "loss.name=ce", f"train.epochs={pre_epochs}"])
         print(f"pretrained on classes 0-4: top-1 {pre['top1']:.1f}, {pre['s_per_epoch']:.1f} s/epoch", flush=True)
     weights = pretrain / "checkpoints" / "last.pt"
     results: dict[str, list[dict[str, Any]]] = {}
@@ -173,7 +174,7 @@ def main() -> None:
         "",
         f"Command: `{command.strip()}` ({time.time() - start:.0f} s in all)  ",
         f"Machine: {machine_line(torch.device(args.device))}, torch {torch.__version__}  ",
-        f"Pretraining: {pre_epochs} epochs of CE on the 30,000 balanced training images of classes 0-4 (the ViT of "
+        f"Pretraining: {pre_epochs} epochs of CE on {5 * pre_per_class:,} balanced training images of classes 0-4 (the ViT of "
         f"benchmarks/transfer.py). Fine-tuning: {epochs} epochs, LA loss (tau 1), SGD lr 0.05 cosine with 1 warm-up "
         f"epoch, batch 128, weight decay 5e-4; n_max 1000 (1000/316/100/32/10 training images), last epoch tested on "
         f"the 5,000 test images of classes 5-9. Mean ± std over seeds {', '.join(map(str, seeds))} (dataset.seed = seed).",
