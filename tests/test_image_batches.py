@@ -150,7 +150,7 @@ def recorded_draws(monkeypatch, keys: list[tuple[int, int]], augment: CropAugmen
     """(box, flip, jitter params) that CroppedImages draws for each key, decoding nothing."""
     seen: list[tuple] = []
 
-    def fake_decode(path, box_of, size, flip=False):
+    def fake_decode(path, box_of, size, flip=False, interpolation="bilinear"):
         seen.append((box_of(width, height), flip))
         return torch.zeros(3, size, size, dtype=torch.uint8)
 

@@ -262,7 +262,7 @@ def _table_names(key: str) -> set[str]:
 
     tables = {
         "dataset.name": {*data.IN_MEMORY, *data.IMAGE_LISTS},
-        "model.name": {n for n in models.MODELS if not n.startswith(models.TIMM_PREFIX)},
+        "model.name": {n for n in models.MODELS if not n.startswith(tuple(models.PREFIXED))},
         "loss.name": set(losses.LOSSES),
         "eval.posthoc": {"none", *posthoc.POSTHOC},
     }
@@ -272,6 +272,13 @@ def _table_names(key: str) -> set[str]:
 @pytest.mark.parametrize("key", ["dataset.name", "model.name", "loss.name", "eval.posthoc"])
 def test_the_names_checked_by_the_config_are_the_name_tables(key):
     assert set(CHOICES[key]) == _table_names(key)
+
+
+def test_the_config_takes_the_model_tables_prefixes():
+    from longtail import models
+    from longtail.config import CHOICE_PREFIXES
+
+    assert set(CHOICE_PREFIXES["model.name"]) == set(models.PREFIXED)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -38,6 +38,9 @@ class DatasetConfig:
     test_list: Optional[str] = None  # list-file or folder datasets: the test list
     num_classes: Optional[int] = None  # list datasets: None = from the data (train list / JSON categories)
     verify_images: bool = False  # list datasets: decode every image before training, report all failures
+    # list datasets: a text file of one class name per line in class-index order (model.head_init=text needs names;
+    # iNat's JSON categories give theirs); null: the names the data gives, else class indices
+    class_names: Optional[str] = None
     csv: Optional[str] = None  # folder datasets: one `path,label` CSV of every image, split like a single tree
     test_per_class: int = 100  # folder datasets: test images per class taken from a single tree or CSV
 
@@ -67,13 +70,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet32"  # backbone: resnet8/20/32, resnet50, resnext50_32x4d, resnet152, *_experts, timm/<name>
+    name: str = "resnet32"  # backbone: resnet8/20/32, resnet50, resnext50_32x4d, resnet152, *_experts, timm/<name>, clip/<name>
     num_experts: int = 3  # experts of a multi-expert model (*_experts)
-    pretrained: Optional[str] = None  # local checkpoint path, or "torchvision"
+    # local checkpoint path, or "torchvision" (torchvision models), "hub" (timm/ and clip/ models: their own download,
+    # through the library's cache), "openai" or another open_clip tag (clip/ models)
+    pretrained: Optional[str] = None
     freeze_backbone: bool = False  # decoupled training: train only `model.classifier`, frozen BN in eval mode
     pretrained_classifier: bool = False  # also load the classifier from `pretrained` (else re-initialised, cRT)
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
-    scale: float = 30.0  # s of a cosine classifier
+    scale: float = 30.0  # s of a cosine classifier (LIFT's code uses 25 with CLIP)
+    # which parameters train (models/finetune.py): full (all) | linear (the classifier only) | bias (every bias and the
+    # classifier, BitFit) | lora (peft's LoRA on the attention and MLP projections + classifier) | adapter (an
+    # AdaptFormer bottleneck in parallel with each MLP block + classifier); lora and adapter need a transformer backbone
+    finetune: str = "full"
+    lora_rank: int = 8  # model.finetune=lora: rank r of each LoRA update (peft's lora_alpha = r, so the update is B A)
+    adapter_dim: Optional[int] = None  # model.finetune=adapter: bottleneck width; null: LIFT's 2**floor(log2(C / 2L))
+    # how the classifier starts (models/head_init.py): random | class_means (the normalised mean feature of each class
+    # over the training set, one pass) | text (clip/ models: the normalised text embedding of "a photo of a {name}.")
+    head_init: str = "random"
 
 
 @dataclass
@@ -169,9 +183,12 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
                    "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts", "resnet152_experts",
                    "resnet32_keras", "resnet18_cifar", "resnet34_cifar"),
     "loss.name": ("ce", "la", "gala", "bagmar", "balanced_softmax", "lgla", "ldam_drw"),
+    "model.finetune": ("full", "linear", "bias", "lora", "adapter"),
+    "model.head_init": ("random", "class_means", "text"),
 }
-# Names a key also takes by prefix: any timm network as timm/<name> (models/timm_models.py)
-CHOICE_PREFIXES: dict[str, str] = {"model.name": "timm/"}
+# Names a key also takes by prefix: any timm network as timm/<name> (models/timm_models.py), any open_clip
+# image tower as clip/<name> (models/clip_models.py); the library itself checks <name> when the model is built
+CHOICE_PREFIXES: dict[str, tuple[str, ...]] = {"model.name": ("timm/", "clip/")}
 
 
 def _is_section(tp: Any) -> bool:
@@ -279,7 +296,7 @@ def _validate_key(key: str, value: Any) -> Any:
     if key in CHOICES and not _is_choice(key, value):
         allowed = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
         if key in CHOICE_PREFIXES:
-            allowed += f" or {CHOICE_PREFIXES[key]}<name>"
+            allowed += "".join(f" or {prefix}<name>" for prefix in CHOICE_PREFIXES[key])
         near = difflib.get_close_matches(value, [c for c in CHOICES[key] if isinstance(c, str)], n=1) if isinstance(value, str) else []
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise LongtailError(f"config key '{key}' must be one of {allowed}; got {_short(value)}{hint}")
@@ -292,9 +309,9 @@ def _validate_key(key: str, value: Any) -> Any:
 
 
 def _is_choice(key: str, value: Any) -> bool:
-    prefix = CHOICE_PREFIXES.get(key)
-    if prefix and isinstance(value, str) and value.startswith(prefix) and len(value) > len(prefix):
-        return True
+    for prefix in CHOICE_PREFIXES.get(key, ()):
+        if isinstance(value, str) and value.startswith(prefix) and len(value) > len(prefix):
+            return True
     return any(value == c and type(value) is type(c) for c in CHOICES[key])
 
 
@@ -334,6 +351,8 @@ def _check_ranges(cfg: Config) -> None:
         "model.num_experts": cfg.model.num_experts,
         "loss.num_experts": cfg.model.num_experts if cfg.loss.num_experts is None else cfg.loss.num_experts,
         "data.image_size": cfg.data.image_size,
+        "model.lora_rank": cfg.model.lora_rank,
+        "model.adapter_dim": 1 if cfg.model.adapter_dim is None else cfg.model.adapter_dim,
     }
     for key, value in positive.items():
         if value < 1:
@@ -383,6 +402,11 @@ def _check_consistency(cfg: Config) -> None:
         raise LongtailError(
             f"loss.drw_epoch {cfg.loss.drw_epoch} is not below train.epochs {cfg.train.epochs}, so LDAM-DRW would never "
             "re-weight; set loss.drw_epoch (0-based) below train.epochs, e.g. at 80% of the epochs"
+        )
+    if cfg.model.freeze_backbone and cfg.model.finetune not in ("full", "linear"):
+        raise LongtailError(
+            f"model.freeze_backbone=true trains the classifier only, which contradicts model.finetune={cfg.model.finetune}; "
+            "drop model.freeze_backbone (model.finetune=linear is the same as freeze_backbone)"
         )
     if cfg.loss.name == "ldam_drw" and cfg.model.classifier == "cosine" and cfg.loss.scale != cfg.model.scale:
         raise LongtailError(

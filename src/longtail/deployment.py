@@ -7,6 +7,8 @@
   R = S, their native size; image files: R = round(S * 256 / 224), as evaluation does). Colour follows the
   checkpoint's channels: a grey model converts colour images to Pillow's 'L' (ITU-R 601-2 luma), an RGB
   model converts grey ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] with the contract's mean/std.
+  A run from a pretrained timm/ or clip/ backbone stores the backbone's interpolation (bicubic for CLIP) and
+  input size in its contract (models.backbone_preprocessing, data.with_backbone_preprocessing).
 - The prediction rule as per-class constants (`ScoreRule`): scores = logits * scale + bias, from the run's
   eval.posthoc / eval.tau unless overridden:
 
@@ -55,7 +57,7 @@ class Preprocessing:
     resize: int  # short side before the centre crop
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: str = "bilinear"
+    interpolation: str = "bilinear"  # a pretrained backbone's (models.backbone_preprocessing)
 
     @property
     def color(self) -> str:
@@ -86,8 +88,7 @@ class Preprocessing:
             "layout": "NCHW", "dtype": "float32", "channels": self.channels, "color": self.color,
             "size": [self.size, self.size], "mean": list(self.mean), "std": list(self.std),
             "normalisation": "x[c] = (pixel[c] / 255 - mean[c]) / std[c], pixels as 0..255 integers",
-            "resize": f"short side to {self.resize} ({self.interpolation}, antialiased), then centre crop "
-                      f"{self.size} x {self.size}{keep}",
+            "resize": f"short side to {self.resize} ({self.interpolation}, antialiased), then centre crop {self.size} x {self.size}{keep}",
         }
 
 
@@ -241,6 +242,6 @@ def load_deployment(run: str | Path, overrides: Sequence[str] = (), posthoc: Opt
     names = class_names_of(ckpt)
     prep = preprocessing(cfg, ckpt)
     target = target_prior(cfg, ckpt, ckpt_path, prior) if prior is not None else None  # before the model is built
-    model = restore_model(cfg, ckpt, device or resolve_device(cfg.device)).eval()
+    model = restore_model(cfg, ckpt, device or resolve_device(cfg.device), ckpt_path).eval()
     rule = ScoreRule("none", 1.0, target=target) if target is not None else configured_rule(cfg, ckpt, ckpt_path, model, posthoc, tau)
     return Deployment(cfg, ckpt, ckpt_path, model, names, prep, rule)

@@ -28,7 +28,7 @@ from .calibration import calibration_summary
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
-from .data.pipeline import TrainBatches, eval_splits_on_device, train_batches
+from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
 from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
@@ -36,7 +36,9 @@ from .losses import Loss, create_loss
 from .metrics import with_class_names
 from .inference import autocast, describe, evaluate_split, predict_split, prepare_model, to_layout
 from .models import create_model
-from .models.freeze import freeze_backbone, train_mode
+from .models import finetune
+from .models.freeze import train_mode
+from .models.head_init import initialise_head
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .run import fit_calibrator, input_contract, store_calibrator
@@ -177,15 +179,17 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
         "in_channels": bundle.in_channels,
         "mean": list(bundle.mean),
         "std": list(bundle.std),
-        "input": input_contract(cfg, bundle.in_channels, bundle.mean, bundle.std, native_size(bundle)),
-        "model": model.state_dict(),
+        "input": input_contract(cfg, bundle.in_channels, bundle.mean, bundle.std, native_size(bundle), bundle.interpolation),
+        "model": finetune.model_state(model, cfg.model),
+        **({"base": base} if (base := finetune.base_identity(cfg.model)) is not None else {}),
         **extra,
     }
 
 
 def native_size(bundle: DataBundle) -> Optional[int]:
-    """The side of an in-memory dataset's images (used at that size); None for image files."""
-    return int(bundle.train.images.shape[-1]) if bundle.in_memory else None
+    """The side of an in-memory dataset's images as the network sees them (their own, or a pretrained backbone's
+    input size they are resized to); None for image files."""
+    return int(bundle.resize or bundle.train.images.shape[-1]) if bundle.in_memory else None
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
@@ -254,9 +258,9 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
     if runtime.distributed and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, runtime.device)
-    if cfg.model.freeze_backbone:
-        trainable = freeze_backbone(model)
-        log(f"backbone frozen: training the classifier only ({trainable} parameters)")
+    log(finetune.describe(*finetune.freeze(model, cfg.model), cfg.model))
+    if resume_ckpt is None:
+        initialise_head(model, cfg.model.head_init, _head_context(cfg, bundle, runtime))
     model = prepare_model(model, cfg, runtime.device)
     if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
         check_posthoc(cfg.eval.posthoc, classifier_weight(model))
@@ -344,7 +348,7 @@ def _best_payload(cfg: Config, bundle: DataBundle, model: nn.Module, progress: P
 def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Loss) -> Progress:
     """Load the training state of last.pt. Optimizer hyper-parameters (lr, momentum, weight decay) keep
     the values of the current config: equal to the saved ones unless --allow-config-change changed them."""
-    load_state(model, ckpt["model"], "model", path)
+    finetune.load_model_state(model, ckpt["model"], "base" in ckpt, path)
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -377,10 +381,20 @@ def _settle_killed_run(run_dir: Path, progress: Progress, best_path: Path, best_
     _write_history(run_dir, progress.history)
 
 
+def _head_context(cfg: Config, bundle: DataBundle, runtime: Runtime) -> dict[str, Any]:
+    """What model.head_init may read: the whole training set in evaluation form (on every process, so all
+    start equal), the class count and names, the device."""
+    alone = dataclasses.replace(runtime, rank=0, world_size=1)
+    return {"batches": lambda: eval_batches(bundle.train, bundle, cfg, alone), "num_classes": bundle.num_classes,
+            "class_names": bundle.class_names, "device": runtime.device}
+
+
 def _build_model(cfg: Config, bundle: DataBundle, runtime: Runtime, fresh: bool) -> nn.Module:
-    """The model; `model.pretrained` applies to a fresh run only (a resumed one has all weights in last.pt).
-    Rank 0 builds first, so a torchvision download lands in the cache once before the others read it."""
-    model_cfg = cfg.model if fresh else dataclasses.replace(cfg.model, pretrained=None)
+    """The model; `model.pretrained` applies to a fresh run, and to a resumed one whose last.pt holds only the
+    trained tensors (model.finetune: the base comes from the same file again). Rank 0 builds first, so a
+    download lands in the cache once before the others read it."""
+    keep_base = fresh or finetune.stores_trained_only(cfg.model)
+    model_cfg = cfg.model if keep_base else dataclasses.replace(cfg.model, pretrained=None)
     model = create_model(model_cfg, bundle.num_classes, bundle.in_channels) if runtime.is_main else None
     if model_cfg.pretrained is not None:
         distributed.barrier()
@@ -401,6 +415,8 @@ def _resume_checkpoint(cfg: Config, run_dir: Path, last_path: Path, allow_config
         log(f"no checkpoint in '{run_dir}' yet; starting the run from epoch 1")
         return None
     ckpt = load_checkpoint(last_path, require=tuple(TRAINING_STATE))
+    if "base" in ckpt:
+        finetune.check_base(cfg.model, ckpt["base"], last_path)
     try:
         saved = from_dict(ckpt["config"])
     except LongtailError as exc:
@@ -418,7 +434,8 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
                 progress: Progress, best_path: Path) -> dict:
     chosen = "best" if best_path.exists() else "last"
     if chosen == "best":
-        model.load_state_dict(load_checkpoint(best_path)["model"])
+        best = load_checkpoint(best_path)
+        finetune.load_model_state(model, best["model"], "base" in best, best_path)
     # one pass per split; the raw and post-hoc metrics are both computed from these outputs
     test = predict_split(model, bundle.test, bundle, cfg, runtime)
     val = predict_split(model, bundle.val, bundle, cfg, runtime) if bundle.val is not None else None  # pn mass, calibration

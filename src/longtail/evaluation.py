@@ -60,7 +60,7 @@ def outputs_of(cfg: Config, ckpt: dict, ckpt_path: Path, splits: Sequence[str]) 
     try:
         bundle = build_data(cfg)
         check_bundle(bundle, ckpt)
-        model = restore_model(cfg, ckpt, runtime.device)
+        model = restore_model(cfg, ckpt, runtime.device, ckpt_path)
         data = {"val": bundle.val, "test": bundle.test}
         outputs = {s: (predict_split(model, data[s], bundle, cfg, runtime) if data[s] is not None else None) for s in splits}
     finally:

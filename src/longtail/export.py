@@ -22,6 +22,7 @@ Exported in float32 on the CPU.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -40,6 +41,7 @@ from .deployment import Deployment, ScoreRule, load_deployment
 from .errors import LongtailError, one_line
 from .priors import target_prior_scores
 from .run import run_directory
+from .models.lora import merge_lora
 
 INSTALL_HINT = 'pip install "longtail[export]"'
 EXAMPLE_BATCH = 2  # a batch of 1 would freeze the batch dimension
@@ -95,8 +97,11 @@ def fold_rule(model: nn.Module, rule: ScoreRule) -> tuple[Optional[torch.Tensor]
 
 
 def prepared_model(deployment: Deployment, prior_input: bool) -> tuple[ScoredModel, str]:
-    """The network with the rule folded in, or (prior_input) followed by the target-prior scores."""
-    model = deployment.model.float().cpu().eval()
+    """A copy of the run's model ready to trace: float32 on the CPU, LoRA updates merged into their layers
+    (models/lora.py; adapters stay as layers of the graph), with the rule folded into the head where it can be,
+    or (prior_input) followed by the target-prior scores."""
+    model = copy.deepcopy(deployment.model).float().cpu().eval()
+    merge_lora(model)
     if prior_input:
         target = deployment.rule.target
         return ScoredModel(model, None, None, (target.calibrator, target.log_source)).eval(), "none (target-prior scores)"

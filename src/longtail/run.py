@@ -31,7 +31,7 @@ from .calibration import Calibrator, fit_calibration
 from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from .config import Config, flatten, from_flat, parse_override
 from .errors import LongtailError
-from .models import create_model
+from .models import create_model, finetune
 from .priors import source_log_prior
 
 DEFAULT_CALIBRATION = "bcts"
@@ -78,17 +78,17 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
     return from_flat(values), ckpt, ckpt_path
 
 
-def restore_model(cfg: Config, ckpt: dict, device: torch.device) -> nn.Module:
-    """The run's model with the checkpoint's weights, on `device`."""
-    # the checkpoint holds every weight: build without model.pretrained (no download, no stage-1 file needed)
-    model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError):
-        raise LongtailError(
-            f"the checkpoint's weights do not fit model '{cfg.model.name}' with {ckpt['num_classes']} classes; "
-            "it was saved by a different model or class count"
-        ) from None
+def restore_model(cfg: Config, ckpt: dict, device: torch.device, source: str | Path = "the checkpoint") -> nn.Module:
+    """The run's model with the checkpoint's weights, on `device`. A checkpoint with every weight is built
+    without model.pretrained (no download, no stage-1 file needed); one holding only the trained tensors of a
+    model.finetune run (a 'base' entry) is built on its base weights, read again from model.pretrained after
+    checking they are the same file (models/finetune.py)."""
+    if "base" in ckpt:
+        finetune.check_base(cfg.model, ckpt["base"], source)
+        model = create_model(cfg.model, ckpt["num_classes"], ckpt["in_channels"])
+    else:
+        model = create_model(dataclasses.replace(cfg.model, pretrained=None), ckpt["num_classes"], ckpt["in_channels"])
+    finetune.load_model_state(model, ckpt["model"], "base" in ckpt, source)
     return model.to(device)
 
 
@@ -120,15 +120,16 @@ def rule_of(cfg: Config, posthoc: Optional[str] = None, tau: Optional[float] = N
 
 
 def input_contract(cfg: Config, channels: int, mean: Sequence[float], std: Sequence[float],
-                   native_size: Optional[int] = None) -> dict:
+                   native_size: Optional[int] = None, interpolation: str = INTERPOLATION) -> dict:
     """How an image file becomes the network's input (module docstring). `native_size`: the side of a
-    dataset held in memory (its images are used at that size); None for image files (data.image_size)."""
+    dataset held in memory (its images are used at that size, or the size a pretrained backbone resizes them to);
+    None for image files (data.image_size). `interpolation`: the resize's (a pretrained backbone's)."""
     from .data.transforms import resize_for_eval
 
     size = cfg.data.image_size if native_size is None else int(native_size)
     resize = resize_for_eval(size) if native_size is None else size
     return {"channels": int(channels), "image_size": size, "resize": resize, "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std], "interpolation": INTERPOLATION}
+            "std": [float(v) for v in std], "interpolation": interpolation}
 
 
 def input_contract_of(cfg: Config, ckpt: dict) -> dict:

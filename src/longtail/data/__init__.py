@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from ..config import Config
 from ..errors import LongtailError
+from ..models import backbone_preprocessing
 from .base import DataBundle, RawDataset, TensorImages
 from .cifar import CIFAR, load_cifar
 from .cifar_tfrecord import build_tfrecord
@@ -71,7 +72,8 @@ def build_data(cfg: Config) -> DataBundle:
         bundle = IMAGE_LISTS[name](cfg, name)
     else:
         raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
-    return with_normalization(bundle, cfg)
+    # a pretrained backbone's statistics first; explicit data.mean / data.std override them
+    return with_normalization(with_backbone_preprocessing(bundle, cfg), cfg)
 
 
 def with_normalization(bundle: DataBundle, cfg: Config) -> DataBundle:
@@ -88,6 +90,27 @@ def with_normalization(bundle: DataBundle, cfg: Config) -> DataBundle:
         bundle, mean=tuple(cfg.data.mean) if cfg.data.mean is not None else bundle.mean,
         std=tuple(cfg.data.std) if cfg.data.std is not None else bundle.std,
     )
+
+
+def with_backbone_preprocessing(bundle: DataBundle, cfg: Config) -> DataBundle:
+    """A pretrained timm/ or clip/ backbone's mean/std (when its channels match the images') and resizing
+    interpolation replace the dataset's, so training, evaluation, predict and export feed it what it was
+    pretrained on (models.backbone_preprocessing). Image files are resized to data.image_size; a note says
+    when that differs from the backbone's own size. In-memory images (28 or 32 px) are resized to the backbone's
+    size, as LIFT feeds CIFAR to CLIP at 224 px (after the pad-crop and flip; the loader pipeline)."""
+    pre = backbone_preprocessing(cfg.model)
+    if pre is None:
+        return bundle
+    notes, size, resize = list(bundle.notes), pre["image_size"], None
+    if not bundle.in_memory and size is not None and size != cfg.data.image_size:
+        notes.append(f"{cfg.model.name} was pretrained at {size} px; this run resizes to data.image_size={cfg.data.image_size}")
+    if bundle.in_memory and size is not None and size != int(bundle.train.images.shape[-1]):
+        resize = size
+        notes.append(f"images are resized from {int(bundle.train.images.shape[-1])} to {size} px, {cfg.model.name}'s input size")
+    same_channels = len(pre["mean"]) == bundle.in_channels
+    return dataclasses.replace(bundle, mean=tuple(pre["mean"]) if same_channels else bundle.mean,
+                               std=tuple(pre["std"]) if same_channels else bundle.std,
+                               interpolation=pre["interpolation"], resize=resize, notes=notes)
 
 
 __all__ = [

@@ -59,6 +59,8 @@ class DataBundle:
     std: tuple[float, ...]
     in_memory: bool = True
     class_names: Optional[list[str]] = None  # None: the dataset names no classes (see `names`)
+    interpolation: str = "bilinear"  # how images are resized (a pretrained backbone's: see data.__init__)
+    resize: Optional[int] = None  # in-memory datasets: images resized to resize x resize (a pretrained backbone's size)
     # files a run writes into its directory to record how the data was split (name -> text), and
     # lines to print about it (e.g. classes too small to split)
     split_files: dict[str, str] = field(default_factory=dict)

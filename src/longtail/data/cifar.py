@@ -35,7 +35,8 @@ CIFAR = {
     ),
     "cifar100": dict(
         folder="cifar-100-python", train=["train"], test=["test"],
-        label_key="fine_labels", num_classes=100, n_max=500, class_names=None,  # 100 names: left as indices
+        label_key="fine_labels", num_classes=100, n_max=500, class_names=None,  # names: read from `meta` (below)
+        meta=("meta", "fine_label_names"),
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), tv="CIFAR100",
     ),
 }
@@ -98,6 +99,22 @@ def _read_split(directory: Path, files: list[str], label_key: str, num_classes: 
     return TensorImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
 
+def meta_names(directory: Path, spec: dict) -> Optional[list[str]]:
+    """The class names of the official `meta` file (CIFAR-100's 100 fine label names, e.g. 'maple_tree'), or
+    the spec's own list; None when the file is absent (classes are then named by index)."""
+    if "meta" not in spec:
+        return spec["class_names"]
+    name, key = spec["meta"]
+    path = directory / name
+    if not path.is_file():
+        return None
+    meta = safe_unpickle(path)
+    names = meta.get(key.encode(), meta.get(key)) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != spec["num_classes"] or not all(isinstance(n, (bytes, str)) for n in names):
+        raise LongtailError(f"CIFAR meta file '{path}' has no list of {spec['num_classes']} '{key}'; fetch the official files again")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+
+
 def load_cifar(variant: str, root: Optional[str], download: bool = True) -> RawDataset:
     spec = CIFAR[variant]
     base = Path(root) if root else Path.home() / ".cache" / "longtail"
@@ -121,5 +138,5 @@ def load_cifar(variant: str, root: Optional[str], download: bool = True) -> RawD
         train=_read_split(directory, spec["train"], spec["label_key"], spec["num_classes"]),
         test=_read_split(directory, spec["test"], spec["label_key"], spec["num_classes"]),
         num_classes=spec["num_classes"], n_max=spec["n_max"], mean=spec["mean"], std=spec["std"],
-        class_names=spec["class_names"],
+        class_names=meta_names(directory, spec),
     )

@@ -131,17 +131,17 @@ def pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, w, h
 
 
-def decode_box(path: str, box_of: BoxRule, size: int, flip: bool = False) -> torch.Tensor:
+def decode_box(path: str, box_of: BoxRule, size: int, flip: bool = False, interpolation: str = "bilinear") -> torch.Tensor:
     """uint8 (3, size, size) RGB: the box `box_of(width, height)` of the image at `path`, resized to
     size x size, mirrored when `flip`. Any file Pillow reads works (grey, CMYK, PNG); JPEGs decode reduced.
-    The resize is torch's antialiased bilinear on uint8 (what v2.RandomResizedCrop(antialias=True) runs on
+    The resize is torch's antialiased bilinear (or `interpolation`: bicubic) on uint8 (what v2.RandomResizedCrop(antialias=True) runs on
     a uint8 tensor; 2-3x faster than Pillow's), from the box rounded to the decoded image's pixels."""
     array, box = decode_reduced(path, box_of, size)
     left, top, w, h = pixel_box(box, array.shape[1], array.shape[0])
     crop = torch.from_numpy(array)[top : top + h, left : left + w].permute(2, 0, 1).unsqueeze(0)
     crop = crop.contiguous(memory_format=torch.channels_last)  # the layout the uint8 kernel is fast on
     if (h, w) != (size, size):
-        crop = nnf.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crop = nnf.interpolate(crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False)
     out = crop[0]
     return out.flip(-1) if flip else out
 

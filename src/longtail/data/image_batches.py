@@ -65,8 +65,9 @@ class CroppedImages(Dataset):
     parameters, zeros when the device applies no jitter)."""
 
     def __init__(self, images: ImageList, size: int, augment: Optional[CropAugment] = None,
-                 worker_steps: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 worker_steps: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, interpolation: str = "bilinear"):
         self.images, self.size, self.augment, self.worker_steps = images, size, augment, worker_steps
+        self.interpolation = interpolation  # bilinear, or a pretrained backbone's (bicubic for CLIP)
         self.eval_box = centre_box(size, resize_for_eval(size))
 
     def __len__(self) -> int:
@@ -78,7 +79,7 @@ class CroppedImages(Dataset):
         uniforms = image_uniforms(seed) if augment is not None else None
         box = random_box(uniforms, augment.scale, augment.ratio) if augment and augment.crop else self.eval_box
         flip = bool(augment and augment.flip and uniforms[FLIP_DRAW] < 0.5)
-        image = self.images.read(index, lambda path: decode_box(path, box, self.size, flip))
+        image = self.images.read(index, lambda path: decode_box(path, box, self.size, flip, self.interpolation))
         if self.worker_steps is not None and seed is not None:
             with seeded_default_generator(seed):
                 image = self.worker_steps(image)

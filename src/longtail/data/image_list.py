@@ -56,6 +56,7 @@ class Entries:
     labels: list[int] = field(default_factory=list)
     numbers: list[int] = field(default_factory=list)
     num_categories: Optional[int] = None  # from a JSON file's `categories`
+    category_names: Optional[list[str]] = None  # their `name`s in id order, when every category has one
 
     def where(self, i: int) -> str:
         return _where(self.source, self.unit, self.numbers[i])
@@ -133,6 +134,9 @@ def read_inat_json(path: Path, problems: Problems) -> Entries:
         if sorted(i for i in ids if isinstance(i, int)) != list(range(len(ids))):
             raise LongtailError(f"'{path}' has category ids that are not 0..{len(ids) - 1}; longtail uses the id as the class index")
         entries.num_categories = len(ids)
+        names = {c["id"]: c.get("name") for c in categories}
+        if all(isinstance(names[i], str) for i in range(len(ids))):
+            entries.category_names = [names[i] for i in range(len(ids))]
     file_of: dict = {}
     for k, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
@@ -362,8 +366,23 @@ def build_image_lists(cfg: Config, name: str) -> DataBundle:
     datasets = {key: ImageList(root, e) if e is not None else None for key, e in (("train", train), ("val", val), ("test", test))}
     if d.verify_images:
         verify_images([ds for ds in datasets.values() if ds is not None], cfg.data.num_workers)
+    names = read_class_names(d.class_names, num_classes) if d.class_names is not None else train.category_names
     return DataBundle(
         name=name, train=datasets["train"], val=datasets["val"], test=datasets["test"],
         class_counts=counts.tolist(), num_classes=num_classes, in_channels=3,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, in_memory=False,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, in_memory=False, class_names=names,
     )
+
+
+def read_class_names(path_text: str, num_classes: int) -> list[str]:
+    """`dataset.class_names`: a text file of one class name per line, in class-index order (blank lines skipped),
+    e.g. the ImageNet-LT / Places-LT name files LIFT and CoOp ship."""
+    path = Path(path_text).expanduser()
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LongtailError(f"dataset.class_names '{path}' cannot be read ({type(exc).__name__}); give a UTF-8 text file of one name per line") from None
+    if len(names) != num_classes:
+        raise LongtailError(f"dataset.class_names '{path}' has {len(names)} names for {num_classes} classes; give one name per line, "
+                            "in class-index order")
+    return names

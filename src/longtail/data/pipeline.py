@@ -55,7 +55,10 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
     config asks for augmentation only the loader has; the loader for image-list datasets."""
     name = cfg.data.pipeline
     if name == "auto":
-        return "device" if bundle.in_memory and not device_unsupported(cfg) else "loader"
+        return "device" if bundle.in_memory and bundle.resize is None and not device_unsupported(cfg) else "loader"
+    if name == "device" and bundle.resize is not None:
+        raise LongtailError(f"data.pipeline=device does not resize images to {cfg.model.name}'s {bundle.resize} px; "
+                            "use data.pipeline=loader or auto")
     if name == "device" and not bundle.in_memory:
         raise LongtailError(
             f"data.pipeline=device needs an in-memory dataset (fmnist_lt, cifar10_lt, cifar100_lt); "
@@ -75,7 +78,8 @@ def cropped_train_images(bundle: DataBundle, cfg: Config) -> CroppedImages:
     steps = photometric_steps(cfg.data, cfg.data.image_size, v2.AutoAugmentPolicy.IMAGENET)
     in_workers = any(not isinstance(step, v2.ColorJitter) for step in steps)
     augment = CropAugment(crop=cfg.data.crop, flip=cfg.data.flip, jitter=0.0 if in_workers else cfg.data.color_jitter)
-    return CroppedImages(bundle.train, cfg.data.image_size, augment, v2.Compose(steps) if in_workers else None)
+    return CroppedImages(bundle.train, cfg.data.image_size, augment, v2.Compose(steps) if in_workers else None,
+                         bundle.interpolation)
 
 
 def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBatches:
@@ -101,7 +105,7 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
                                  runtime.device, bundle.mean, bundle.std, cfg.data.num_workers, drop_last=cfg.data.drop_last)
     size = int(bundle.train.images.shape[-1])
     return LoaderPipeline(
-        TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std)),
+        TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std, bundle.resize, bundle.interpolation)),
         SeededSampler(sampler), batch_size, seed=cfg.seed,
         num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda", drop_last=cfg.data.drop_last,
     )
@@ -127,7 +131,7 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
     shard = range(runtime.rank, len(split), runtime.world_size)
     mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
     if not bundle.in_memory:  # centre crops decoded in the workers, uint8 to the device, normalised there
-        subset = torch.utils.data.Subset(CroppedImages(split, cfg.data.image_size), list(shard))
+        subset = torch.utils.data.Subset(CroppedImages(split, cfg.data.image_size, interpolation=bundle.interpolation), list(shard))
         for x, y, _ in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
             yield normalize_uint8(x.to(runtime.device, non_blocking=True), mean, std), y.to(runtime.device, non_blocking=True)
         return
@@ -136,4 +140,6 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
     for start in range(0, len(labels), cfg.eval.batch_size):
         x = images[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
         y = labels[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
+        if bundle.resize is not None:  # as the training transform and deployment.Preprocessing resize, on uint8
+            x = v2.functional.resize(x, [bundle.resize] * 2, interpolation=v2.InterpolationMode(bundle.interpolation), antialias=True)
         yield normalize_uint8(x, mean, std), y

@@ -8,6 +8,8 @@ AutoAugment, RandAugment, RandomGrayscale, GaussianBlur, Cutout.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torchvision.transforms import v2
 
@@ -55,13 +57,17 @@ def photometric_steps(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) 
     return steps
 
 
-def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """In-memory images (size x size): pad-4 crop and flip, then the photometric keys."""
+def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                    resize: Optional[int] = None, interpolation: str = "bilinear") -> v2.Compose:
+    """In-memory images (size x size): pad-4 crop and flip, (a pretrained backbone's `resize`,) then the photometric keys."""
     steps: list[torch.nn.Module] = []
     if cfg.crop:
         steps.append(v2.RandomCrop(size, padding=4))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if resize is not None:
+        steps.append(v2.Resize([resize, resize], interpolation=v2.InterpolationMode(interpolation), antialias=True))
+        size = resize
     steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
@@ -76,15 +82,17 @@ def resize_for_eval(size: int) -> int:
     return int(round(size * 256 / 224))
 
 
-def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                          interpolation: str = "bilinear") -> v2.Compose:
     """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size, one
-    image at a time on the CPU. The former image-list pipeline: training now decodes the crop box only
-    (image_batches.py); this stays as the reference the benchmark's 'old' row and the tests compare to."""
-    size = cfg.image_size
+    image at a time on the CPU; `interpolation` (bilinear | bicubic, a pretrained backbone's) resizes. The
+    former image-list pipeline: training now decodes the crop box only (image_batches.py); this stays as the
+    reference the benchmark's 'old' row and the tests compare to."""
+    size, mode = cfg.image_size, v2.InterpolationMode(interpolation)
     if cfg.crop:
-        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
+        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True)]
     else:
-        steps = [v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size)]
+        steps = [v2.Resize(resize_for_eval(size), interpolation=mode, antialias=True), v2.CenterCrop(size)]
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
@@ -92,9 +100,9 @@ def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[f
     return v2.Compose(steps)
 
 
-def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear") -> v2.Compose:
     """Resize + CenterCrop + normalise on a decoded image: the reference for image_batches' evaluation crop."""
     return v2.Compose([
-        v2.Resize(resize_for_eval(size), antialias=True), v2.CenterCrop(size),
+        v2.Resize(resize_for_eval(size), interpolation=v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
     ])

@@ -1,21 +1,28 @@
 """Models: one table from config name to constructor. Every model returns a dict with at least
 'logits' (B, C); multi-expert models add 'expert_logits' (E, B, C). A model with a single linear
-head exposes it as `.classifier` (used by tau-normalisation)."""
+head exposes it as `.classifier` (used by tau-normalisation).
+
+Names with a library prefix (`timm/<name>`, `clip/<name>`) stand for every model of that library
+(PREFIXED); `is_known_model` is the one check of a model name, and `backbone_preprocessing` gives the
+input a pretrained backbone expects (size, interpolation, mean/std)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from .clip_models import PREFIX as CLIP_PREFIX, check_clip_name, clip_from_cfg, clip_preprocessing
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .pretrained import with_pretrained
 from .resnet32_keras import KerasResNet32
 from .resnet34_cifar import resnet18_cifar, resnet34_cifar
 from .resnet_cifar import resnet8, resnet20, resnet32
-from .timm_models import PREFIX as TIMM_PREFIX, timm_from_cfg
+from .finetune import add_finetune_layers
+from .libraries import MissingExtra
+from .timm_models import PREFIX as TIMM_PREFIX, check_timm_name, timm_from_cfg, timm_preprocessing
 from .torchvision_resnets import torchvision_from_cfg
 
 # name -> function(cfg, num_classes, in_channels) -> model
@@ -40,13 +47,51 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet50_experts": torchvision_experts_from_cfg("resnet50"),
     "resnext50_experts": torchvision_experts_from_cfg("resnext50"),
     "resnet152_experts": torchvision_experts_from_cfg("resnet152"),
-    # any timm network, e.g. timm/convnext_tiny (optional extra longtail[timm]; weights from a local file): timm_models.py
+    # any timm network, e.g. timm/convnext_tiny (optional extra longtail[timm]; model.pretrained: hub or a file): timm_models.py
     TIMM_PREFIX + "<name>": timm_from_cfg,
+    # CLIP's image tower through open_clip, e.g. clip/ViT-B-16 (optional extra longtail[clip]): clip_models.py
+    CLIP_PREFIX + "<name>": clip_from_cfg,
+}
+
+# prefix -> (check of the name after it: raises LongtailError with a did-you-mean, preprocessing of that name)
+PREFIXED: dict[str, tuple[Callable[[str], None], Callable[[str], dict[str, Any]]]] = {
+    TIMM_PREFIX: (check_timm_name, timm_preprocessing),
+    CLIP_PREFIX: (check_clip_name, clip_preprocessing),
 }
 
 
+def _prefix(name: str) -> Optional[str]:
+    return next((p for p in PREFIXED if name.startswith(p)), None)
+
+
+def is_known_model(name: str) -> bool:
+    """Whether `name` is a model longtail can build (for library prefixes: a name that library knows).
+    Raises LongtailError when the library of a prefix is not installed."""
+    prefix = _prefix(name)
+    if prefix is None:
+        return name in MODELS
+    try:
+        PREFIXED[prefix][0](name[len(prefix):])
+    except MissingExtra:
+        raise
+    except LongtailError:
+        return False
+    return True
+
+
+def backbone_preprocessing(cfg: ModelConfig) -> Optional[dict[str, Any]]:
+    """The input a pretrained library backbone expects, {'image_size', 'interpolation', 'mean', 'std', 'crop_pct'}
+    (image_size None: any), for timm/ and clip/ models that start from pretrained weights; None otherwise
+    (the dataset's own statistics apply)."""
+    prefix = _prefix(cfg.name)
+    if prefix is None or cfg.pretrained is None:
+        return None
+    return PREFIXED[prefix][1](cfg.name[len(prefix):])
+
+
 def create_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    key = TIMM_PREFIX + "<name>" if cfg.name.startswith(TIMM_PREFIX) else cfg.name
+    prefix = _prefix(cfg.name)
+    key = prefix + "<name>" if prefix is not None else cfg.name
     if key not in MODELS:
         raise LongtailError(f"unknown model '{cfg.name}'; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[key](cfg, num_classes, in_channels)
+    return add_finetune_layers(MODELS[key](cfg, num_classes, in_channels), cfg, num_classes)

@@ -27,3 +27,22 @@ class CosineClassifier(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             cos = F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
         return self.scale * cos
+
+
+def make_classifier(kind: str, in_features: int, num_classes: int, scale: float = 30.0) -> nn.Module:
+    """`model.classifier`: linear (with bias) or cosine (s * cos)."""
+    return nn.Linear(in_features, num_classes) if kind == "linear" else CosineClassifier(in_features, num_classes, scale)
+
+
+class BackboneClassifier(nn.Module):
+    """{'logits': (B, C), 'features': (B, D)}: a library backbone's pooled features (timm, open_clip) and
+    longtail's classifier on them."""
+
+    def __init__(self, backbone: nn.Module, dim: int, num_classes: int, classifier: str = "linear", scale: float = 30.0):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = make_classifier(classifier, dim, num_classes, scale)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        return {"logits": self.classifier(features), "features": features}

@@ -24,12 +24,17 @@ def freeze_backbone(model: nn.Module) -> int:
     head_params = {id(p) for p in head.parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in head_params)
-    head_modules = set(head.modules())
-    above_head = {m for m in model.modules() if any(sub is head for sub in m.modules())}
-    for m in model.modules():
-        if m not in head_modules and m not in above_head:
-            setattr(m, FROZEN, True)
+    mark_frozen(model)
     return sum(p.numel() for p in head.parameters())
+
+
+def mark_frozen(model: nn.Module) -> None:
+    """Mark every module that holds parameters or buffers but trains none of its parameters, so that
+    `train_mode` keeps it in eval mode (BatchNorm statistics and dropout of frozen parts stay as pretrained)."""
+    for m in model.modules():
+        params = list(m.parameters())
+        if (params or any(True for _ in m.buffers())) and not any(p.requires_grad for p in params):
+            setattr(m, FROZEN, True)
 
 
 def train_mode(model: nn.Module) -> None:
