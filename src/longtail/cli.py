@@ -149,8 +149,13 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(sweep)
         return 0
-    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus, "mem": args.mem}
-    given = [f"--{k}" for k, v in slurm.items() if v is not None]
+    slurm = {"partition": args.partition, "time": args.time, "nodes": args.nodes, "gpus": args.gpus,
+             "tasks_per_node": args.tasks_per_node, "cpus": args.cpus, "mem": args.mem}
+    given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
+    spread = [f"--{k.replace('_', '-')} {slurm[k]}" for k in ("nodes", "tasks_per_node") if slurm[k] is not None]
+    if spread and args.executor != "slurm":
+        raise LongtailError(f"{' and '.join(spread)} needs --executor slurm: the local executor runs each training as one "
+                            "process on this machine; for several processes here, run the training under torchrun")
     if given and args.executor != "slurm":
         raise LongtailError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --executor slurm only")
     summary = run_sweep(sweep, args.executor, args.jobs, slurm)
@@ -256,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "slurm: array tasks at once, default no limit)")
     sweep.add_argument("--dry-run", action="store_true", help="list every run and step as done, partial or to do; run nothing")
     for flag, kind, text in (("--partition", str, "Slurm partition"), ("--time", str, "time limit per job: minutes or H:MM:SS"),
-                             ("--gpus", int, "GPUs per job"), ("--cpus", int, "CPUs per job (also its torch threads)"),
-                             ("--mem", str, "memory per job, e.g. 32G")):
+                             ("--nodes", int, "nodes per training job (one DDP run over all of them)"),
+                             ("--gpus", int, "GPUs per node of a job, one training process each (DDP)"),
+                             ("--tasks-per-node", int, "training processes per node on a CPU partition (DDP over gloo)"),
+                             ("--cpus", int, "CPUs per process (also its torch threads)"),
+                             ("--mem", str, "memory per node of a job, e.g. 32G")):
         sweep.add_argument(flag, type=kind, help=f"{text} (default: the sweep file's slurm: section)")
     sweep.set_defaults(func=_sweep)
     return parser
@@ -286,6 +294,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"longtail: error: {exc}", file=sys.stderr)  # one line: LongtailError folds its message
         return 2
+    except RuntimeError as exc:  # a collective of a multi-process run: another process died or hangs
+        from .distributed import peer_failure
+
+        line = peer_failure(exc)
+        if line is None or args.debug:
+            raise
+        print(f"longtail: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
         return 130

@@ -1,10 +1,12 @@
-"""Process-group plumbing for torchrun: who am I, and the few collectives the engine needs.
-Without torchrun's environment everything degrades to a single process."""
+"""Process-group plumbing for torchrun and multi-task Slurm jobs (same env:// variables): who am I, and the
+few collectives the engine needs. Without that environment everything degrades to a single process."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -36,15 +38,49 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+TIMEOUT_ENV = "LONGTAIL_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective (all-reduce, gather, barrier) waits for the other processes before it fails:
+    LONGTAIL_COLLECTIVE_TIMEOUT_S seconds, 600 by default. A process that died or hangs thus stops the others
+    within that time instead of leaving them waiting (gloo notices a killed peer at once; NCCL may need it all)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise LongtailError(f"{TIMEOUT_ENV}='{text}' is not a number of seconds above 0; unset it (default {DEFAULT_TIMEOUT_S}) or set e.g. 600")
+    return datetime.timedelta(seconds=seconds)
+
+
+def peer_failure(exc: BaseException) -> Optional[str]:
+    """The one line to print when a collective failed because another process died or stopped answering, or
+    None when `exc` is something else (or this process runs alone)."""
+    # gloo raises a plain RuntimeError naming its own source file; NCCL and c10d raise DistError subclasses
+    from_backend = isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo/", "NCCL", "c10d"))
+    if not is_initialized() or not isinstance(exc, RuntimeError) or not from_backend:
+        return None
+    seconds = int(collective_timeout().total_seconds())
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"process {dist.get_rank()} of {dist.get_world_size()}: a collective failed, so another process of this run died "
+            f"or did not answer within {seconds} s ({TIMEOUT_ENV}): {first[:160]}; see the other processes' logs, then resume with --resume")
+
+
 def setup(device_name: str) -> Runtime:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone."""
+    """Join the process group when launched by torchrun or a multi-task Slurm job (WORLD_SIZE > 1), else run
+    alone. Collectives fail after collective_timeout() rather than wait forever for a dead process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return Runtime(device, rank, world_size, local_rank)
 
 

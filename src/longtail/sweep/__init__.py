@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import LongtailError
-from .executors import EXECUTORS, Outcome, Task, available_cores, run_task, thread_share
+from .executors import EXECUTORS, Outcome, Task, available_cores, run_task, single_process, thread_share
 from .spec import Step, Sweep, Training, load_sweep
 
 __all__ = ["EXECUTORS", "Summary", "Sweep", "Step", "Training", "available_cores", "dry_run", "load_sweep",
@@ -77,14 +77,14 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
     options = {**sweep.slurm, **{k: v for k, v in (slurm or {}).items() if v is not None}}
     summary = Summary()
 
-    def execute(tasks: list[Task], kind: str) -> None:
+    def execute(tasks: list[Task], kind: str, shape: dict[str, Any]) -> None:
         if not tasks:
             return
         say(f"{kind}: {len(tasks)} to run")
         if executor == "local":
-            outcomes = launch(tasks, jobs or 1, say, options)
+            outcomes = launch(tasks, jobs or 1, say, shape)
         else:
-            outcomes = launch(tasks, jobs, say, options, sweep.out / ".submitit")
+            outcomes = launch(tasks, jobs, say, shape, sweep.out / ".submitit")
         summary.ran += [o.task for o in outcomes]
         summary.failed += [o for o in outcomes if not o.ok]
 
@@ -95,7 +95,7 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
             summary.skipped.append(run.name)
         else:
             todo.append(_training_task(run))
-    execute(todo, "trainings")
+    execute(todo, "trainings", options)
 
     steps = []
     for step in sweep.steps:
@@ -106,6 +106,6 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
             summary.blocked.append(step)
         else:
             steps.append(_step_task(step))
-    execute(steps, "post-hoc steps")
+    execute(steps, "post-hoc steps", single_process(options))  # a step is one process
     say(summary.line())
     return summary
