@@ -14,6 +14,7 @@ import pytest
 
 from longtail import distributed
 from longtail.cli import main
+from longtail.config import load_config
 from longtail.errors import LongtailError
 from longtail.sweep import slurm_query
 from longtail.sweep.executors import _check_fits, single_process, slurm_parameters
@@ -162,3 +163,15 @@ def test_a_failed_collective_reads_as_a_dead_or_silent_peer(tmp_path, monkeypatc
         assert distributed.peer_failure(ValueError("gloo/x")) is None
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_the_imagenet_lt_examples_are_one_run_over_8_gpus_per_node(nodes):
+    from conftest import REPO
+    from longtail.sweep import load_sweep
+
+    sweep = load_sweep(REPO / "benchmarks" / "slurm" / f"imagenet_lt_ce_resnet50_{nodes}x8.yaml")
+    assert [run.name for run in sweep.trainings] == ["run"] and not sweep.steps  # no axes: one job
+    params, threads = slurm_parameters(sweep.slurm, None)
+    assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"], threads) == (nodes, 8, 8, 10)
+    assert load_config(sweep.trainings[0].config).train.batch_size % (8 * nodes) == 0  # the global batch splits evenly

@@ -1,11 +1,15 @@
 """`longtail sweep --executor slurm` on a real single-node Slurm cluster started for these tests (munged,
-slurmctld, slurmd; see slurm_cluster.py): a small sweep with a failing run and a post-hoc step, and a job
-preempted mid-training that Slurm requeues and that resumes to the metrics of the uninterrupted run."""
+slurmctld, slurmd; see slurm_cluster.py): a small sweep with a failing run and a post-hoc step, a job
+preempted mid-training that Slurm requeues and that resumes to the metrics of the uninterrupted run, and one
+training run as DDP over a job's two CPU tasks (--tasks-per-node 2): equal to 2-process torchrun, preempted
+and resumed likewise, and ended (not hung) when one of its processes is killed. GPUs and several nodes are
+not tested here (one CPU-only node)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +19,8 @@ import pytest
 import yaml
 
 import slurm_cluster
-from conftest import SRC, cli_env, make_small_fmnist, needs_fmnist
+from conftest import REPO, SRC, cli_env, make_small_fmnist, needs_fmnist
+from test_ddp import CONFIG, DDP_SETTINGS, _history, _torchrun
 from test_sweep import tiny_sweep, write_sweep
 
 _missing = slurm_cluster.missing_binaries()
@@ -95,6 +100,27 @@ def _wait(condition, what: str, timeout_s: float = 300.0, every_s: float = 0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _preempt_after_epoch_1(sweep: subprocess.Popen, run: Path) -> str:
+    """Preempt the sweep's one job as Slurm does once the first of its two epochs is saved (SIGTERM, then
+    submitit's USR2), start the requeued job at once, and return the sweep's output."""
+    try:
+        _wait(lambda: (run / "epochs.jsonl").is_file() and (run / "epochs.jsonl").read_text().strip(), "epoch 1", 600)
+        job = _squeue("-o", "%i")
+        assert job and not (run / "metrics.json").exists(), "the run finished before it could be preempted"
+        for name in ("TERM", "USR2"):
+            subprocess.run(["scancel", f"--signal={name}", job], check=True, timeout=60)
+        # a requeued job waits about two minutes (its BeginTime) before Slurm starts it again: start it now. Within
+        # the second of the requeue slurmd refuses the relaunch ("Job credential revoked") and the job ends FAILED;
+        # the sweep then submits it again (RESUBMISSIONS), which this test goes through about one run in three
+        _wait(lambda: "BeginTime" in _squeue("-j", job, "-o", "%r"), "the requeued job", 120, 0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
+        out, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    return out
+
+
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(swept, fmnist_root):
     folder, _ = swept
     reference = folder / "runs" / "ce" / "seed=0"
@@ -104,20 +130,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(sw
     run = folder / "preempted" / "ce" / "seed=0"
     sweep = subprocess.Popen([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm"],
                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        # preempt it as Slurm does, once the first of its two epochs is saved: SIGTERM, then submitit's USR2
-        _wait(lambda: (run / "epochs.jsonl").is_file() and (run / "epochs.jsonl").read_text().strip(), "epoch 1", 600)
-        job = _squeue("-o", "%i")
-        assert job and not (run / "metrics.json").exists(), "the run finished before it could be preempted"
-        for name in ("TERM", "USR2"):
-            subprocess.run(["scancel", f"--signal={name}", job], check=True, timeout=60)
-        # a requeued job waits about two minutes (its BeginTime) before Slurm starts it again: start it now
-        _wait(lambda: "BeginTime" in _squeue("-j", job, "-o", "%r"), "the requeued job", 120, 0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
-        out, _ = sweep.communicate(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
+    out = _preempt_after_epoch_1(sweep, run)
     assert sweep.returncode == 0, out
     assert out.strip().splitlines()[-1] == "sweep: 1 ran, 0 skipped, 0 failed"
     log = (run / "train.log").read_text()
@@ -139,3 +152,98 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(sw
     assert epochs(run) == epochs(reference)
     launches = json.loads((run / "metrics.json").read_text())["launches"]
     assert launches == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 1}]  # resumed, not restarted
+
+
+# ----------------------------------------------------------------------------- DDP over a job's tasks
+
+
+@pytest.fixture(scope="module")
+def torchrun_reference(tmp_path_factory):
+    """The tiny DDP setting of test_ddp.py trained for 2 epochs by 2-process torchrun."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    _torchrun("train", CONFIG, *DDP_SETTINGS, "train.epochs=2", "--out", str(run))
+    return run
+
+
+def _ddp_sweep(folder: Path, name: str, epochs: int) -> Path:
+    """A sweep file without axes (one run, out/run) whose job runs the training over 2 tasks of one node."""
+    body = {"base": str(REPO / CONFIG), "out": name, "overrides": [*DDP_SETTINGS, f"train.epochs={epochs}"], "slurm": {"tasks_per_node": 2}}
+    return write_sweep(folder, body, f"{name}.yaml")
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "longtail", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_two_task_job_is_the_two_process_torchrun_run_and_resumes_after_preemption(cluster, torchrun_reference, tmp_path):
+    path = _ddp_sweep(tmp_path, "ddp", epochs=2)
+    run = tmp_path / "ddp" / "run"
+    out = _preempt_after_epoch_1(_cli("sweep", str(path), "--executor", "slurm"), run)
+    assert out.strip().splitlines()[-1] == "sweep: 1 ran, 0 skipped, 0 failed", out
+    assert "each 1 node x 2 processes (1 CPU each)" in out
+    log = (run / "train.log").read_text()
+    assert log.count("longtail sweep, ") == 2 and "resuming" in log and "after epoch 1" in log, log
+    submitit = tmp_path / "ddp" / ".submitit"
+    assert "Requeued job" in "".join(p.read_text() for p in submitit.rglob("*_0_log.out"))
+    # rank 1 ran the same training (its output goes to its own submitit log, nothing into the run)
+    assert "longtail sweep, 1 thread" in "".join(p.read_text() for p in submitit.rglob("*_1_log.out"))
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in torchrun_reference.iterdir()) + ["train.log"]
+    assert json.loads((run / "metrics.json").read_text())["launches"] == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 1}]
+
+    # the same processes, world size, global batch and reduction order as torchrun: mean train loss within 1e-4
+    # relative as the issue asks (in fact equal, and so are the weights, since nothing differs but the launcher)
+    ours, theirs = _history(run), _history(torchrun_reference)
+    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == [1, 2]
+    for a, b in zip(ours, theirs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_num_images"] == b["val_num_images"] and a["val_top1"] == b["val_top1"]
+    import torch
+
+    w1, w2 = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (run, torchrun_reference))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (run, torchrun_reference))
+    assert m1["top1"] == m2["top1"] and m1["per_class"] == m2["per_class"]
+
+
+def _rank_process(run: Path, rank: int) -> int:
+    """The pid of the training process of `rank` for this run (found by its command line and environment)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"longtail" not in cmd or b"train" not in cmd or str(run).encode() not in cmd:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"RANK={rank}".encode() in env and b"SUBMITIT_EXECUTOR=slurm" in env:
+            return int(proc.name)
+    return 0
+
+
+TIMEOUT_S = 60  # LONGTAIL_COLLECTIVE_TIMEOUT_S for the killed-rank job: gloo notices a killed peer at once anyway
+
+
+def test_a_job_whose_rank_1_dies_ends_and_is_reported_failed(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGTAIL_COLLECTIVE_TIMEOUT_S", str(TIMEOUT_S))  # exported to the job by sbatch
+    path = _ddp_sweep(tmp_path, "killed", epochs=4)
+    run = tmp_path / "killed" / "run"
+    sweep = _cli("sweep", str(path), "--executor", "slurm")
+    try:
+        _wait(lambda: (run / "epochs.jsonl").is_file() and (run / "epochs.jsonl").read_text().strip(), "epoch 1", 600)
+        pid = _wait(lambda: _rank_process(run, 1), "rank 1's training process", 60)
+        os.kill(pid, signal.SIGKILL)
+        # the collective timeout bounds the wait; the rest is Slurm and the sweep's polling (20 s between looks)
+        out, _ = sweep.communicate(timeout=TIMEOUT_S + 240)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 1, out
+    assert out.strip().splitlines()[-1] == f"sweep: 1 ran, 0 skipped, 1 failed: {run / 'train.log'}", out
+    assert "FAILED run (job " in out and "failed with exit code 1" in out, out
+    assert not (run / "metrics.json").exists()
+    log = (run / "train.log").read_text()
+    assert "longtail: error: process 0 of 2: a collective failed, so another process of this run died or did not answer " \
+           f"within {TIMEOUT_S} s (LONGTAIL_COLLECTIVE_TIMEOUT_S)" in log, log
+    assert _squeue("-o", "%i") == ""  # nothing left running
