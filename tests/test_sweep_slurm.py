@@ -21,6 +21,8 @@ import yaml
 import slurm_cluster
 from conftest import REPO, SRC, cli_env, make_small_fmnist, needs_fmnist
 from test_ddp import CONFIG, DDP_SETTINGS, _history, _torchrun
+from longtail.sweep import load_sweep, run_task
+from longtail.sweep.executors import Task
 from test_sweep import tiny_sweep, write_sweep
 
 _missing = slurm_cluster.missing_binaries()
@@ -121,13 +123,18 @@ def _preempt_after_epoch_1(sweep: subprocess.Popen, run: Path) -> str:
     return out
 
 
-def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(swept, fmnist_root):
-    folder, _ = swept
-    reference = folder / "runs" / "ce" / "seed=0"
-    body = yaml.safe_load((folder / "sweep.yaml").read_text())  # the same runs: ce/seed=0 is the reference
+def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(cluster, fmnist_root, tmp_path):
+    folder = tmp_path
+    path = tiny_sweep(folder, fmnist_root, epochs=2)  # the ce/seed=0 run of the sweep above, alone
+    body = yaml.safe_load(path.read_text())
     body.update({"out": "preempted", "axes": {"seed": [0]}, "variants": [{"name": "ce"}]})
     path = write_sweep(folder, body, "preempted.yaml")
     run = folder / "preempted" / "ce" / "seed=0"
+    # the uninterrupted run: the same command, as a Slurm job runs it (one thread), here
+    uninterrupted = load_sweep(path).trainings[0]
+    reference = folder / "reference"
+    argv = (*uninterrupted.argv[:uninterrupted.argv.index("--out")], "--out", str(reference))
+    assert run_task(Task("reference", argv, folder / "reference.log"), threads=1) == 0, (folder / "reference.log").read_text()
     sweep = subprocess.Popen([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm"],
                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = _preempt_after_epoch_1(sweep, run)
@@ -247,3 +254,17 @@ def test_a_job_whose_rank_1_dies_ends_and_is_reported_failed(cluster, tmp_path, 
     assert "longtail: error: process 0 of 2: a collective failed, so another process of this run died or did not answer " \
            f"within {TIMEOUT_S} s (LONGTAIL_COLLECTIVE_TIMEOUT_S)" in log, log
     assert _squeue("-o", "%i") == ""  # nothing left running
+
+
+def test_a_job_larger_than_the_partition_is_refused_with_slurms_answer(cluster, tmp_path):
+    path = _ddp_sweep(tmp_path, "too_big", epochs=1)
+    cpus = os.cpu_count()
+    for flags, shape in ((["--tasks-per-node", str(cpus + 2)], f"1 node x {cpus + 2} processes (1 CPU each)"),
+                         (["--nodes", "2"], "2 nodes x 2 processes (1 CPU each)")):
+        proc = subprocess.run([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm", *flags],
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+        assert proc.stderr == (f"longtail: error: Slurm cannot run a job of {shape}: allocation failure: Requested node "
+                               f"configuration is not available; partition 'test': 1 node, {cpus} CPUs and no GPUs per "
+                               "node; ask for fewer nodes, GPUs, tasks or CPUs, or another partition\n")
+    assert _squeue("-o", "%i") == ""  # nothing was submitted
