@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -175,3 +176,32 @@ def test_the_imagenet_lt_examples_are_one_run_over_8_gpus_per_node(nodes):
     params, threads = slurm_parameters(sweep.slurm, None)
     assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"], threads) == (nodes, 8, 8, 10)
     assert load_config(sweep.trainings[0].config).train.batch_size % (8 * nodes) == 0  # the global batch splits evenly
+
+
+class _FinishedJob:
+    """What run_slurm reads of a submitit job whose rank 0 wrote its result: task(0), its result file, result()."""
+
+    def __init__(self, result_file: Path, error: Optional[str]) -> None:
+        self.paths = type("Paths", (), {"result_pickle": result_file})()
+        self.error = error
+
+    def task(self, rank: int) -> "_FinishedJob":
+        return self
+
+    def result(self) -> str:
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return "log"
+
+
+def test_a_failed_job_is_reported_with_its_exception_line(tmp_path):
+    from longtail.sweep.executors import _result
+
+    trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call last):\n"
+             '  File "x.py", line 1, in <module>\nRuntimeError: run failed with exit code 1; see /r/train.log\n\n'
+             "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+             "  - /r/.submitit/14/14_0_log.err\n  - /r/.submitit/14/14_0_log.out")
+    assert _result(_FinishedJob(tmp_path / "none.pkl", None)) is None  # no result file yet: still running
+    (tmp_path / "result.pkl").write_bytes(b"")
+    assert _result(_FinishedJob(tmp_path / "result.pkl", None)) == (True, "")
+    assert _result(_FinishedJob(tmp_path / "result.pkl", trace)) == (False, "RuntimeError: run failed with exit code 1; see /r/train.log")

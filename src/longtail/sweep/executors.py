@@ -261,8 +261,10 @@ def _result(job: Any) -> Optional[tuple[bool, str]]:
         lead.result()
         return True, ""
     except Exception as exc:  # the training failed: its log says why
-        text = str(exc).strip()
-        return False, one_line(text.splitlines()[-1] if text else exc)
+        # submitit's text is the job's traceback, then the paths of its logs: keep the exception's own line
+        lines = str(exc).strip().splitlines()
+        raised = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception): ", line)]
+        return False, one_line(raised[-1] if raised else lines[-1] if lines else repr(exc))
 
 
 def run_slurm(tasks: list[Task], jobs: Optional[int], say: Callable[[str], None], options: dict[str, Any],
