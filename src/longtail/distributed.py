@@ -60,14 +60,15 @@ def collective_timeout() -> datetime.timedelta:
 
 def peer_failure(exc: BaseException) -> Optional[str]:
     """The one line to print when a collective failed because another process died or stopped answering, or
-    None when `exc` is something else (or this process runs alone)."""
+    None when `exc` is something else (or this process was launched alone)."""
     # gloo raises a plain RuntimeError naming its own source file; NCCL and c10d raise DistError subclasses
     from_backend = isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo/", "NCCL", "c10d"))
-    if not is_initialized() or not isinstance(exc, RuntimeError) or not from_backend:
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # the group itself may be torn down by the time this is asked
+    if world < 2 or not isinstance(exc, RuntimeError) or not from_backend:
         return None
     seconds = int(collective_timeout().total_seconds())
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"process {dist.get_rank()} of {dist.get_world_size()}: a collective failed, so another process of this run died "
+    return (f"process {os.environ.get('RANK', '0')} of {world}: a collective failed, so another process of this run died "
             f"or did not answer within {seconds} s ({TIMEOUT_ENV}): {first[:160]}; see the other processes' logs, then resume with --resume")
 
 
