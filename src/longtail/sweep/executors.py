@@ -207,6 +207,10 @@ def slurm_parameters(options: dict[str, Any], jobs: Optional[int]) -> tuple[dict
                             f"leave tasks_per_node out (or make it {gpus})")
     params["nodes"] = options.get("nodes") or 1
     params["ntasks_per_node"] = gpus or tasks or 1
+    if params["nodes"] * params["ntasks_per_node"] > 1:
+        # rank 0 exits with an error once its training failed (a dead or hung peer: collective timeout); srun then
+        # ends the other tasks rather than leave a hung one holding the nodes until the time limit
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if gpus:
         params["gpus_per_node"] = gpus
     cpus = options.get("cpus") or 1
