@@ -203,3 +203,14 @@ def test_a_failed_job_is_reported_with_its_exception_line(tmp_path):
     (tmp_path / "result.pkl").write_bytes(b"")
     assert _result(_FinishedJob(tmp_path / "result.pkl", None)) == (True, "")
     assert _result(_FinishedJob(tmp_path / "result.pkl", trace)) == (False, "RuntimeError: run failed with exit code 1; see /r/train.log")
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_before_submitting(tmp_path, monkeypatch):
+    from longtail.sweep import load_sweep, run_sweep
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no_slurm_here"))  # nothing may reach sbatch
+    sweep = load_sweep(write_sweep(tmp_path, {"base": CE, "out": "r", "overrides": ["train.batch_size=32"]}))
+    with pytest.raises(LongtailError) as error:
+        run_sweep(sweep, "slurm", slurm={"nodes": 3, "tasks_per_node": 2}, say=lambda line: None)
+    assert str(error.value) == ("run 'run': train.batch_size 32 is the global batch and must divide evenly over 6 processes "
+                                "(nodes x gpus or tasks_per_node); change the job's shape or train.batch_size")
