@@ -120,6 +120,7 @@ def _preempt_after_epoch_1(sweep: subprocess.Popen, run: Path) -> str:
     finally:
         if sweep.poll() is None:
             sweep.kill()
+    print(out)  # with -s: whether the relaunch went through at once or by a resubmission
     return out
 
 
