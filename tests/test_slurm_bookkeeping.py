@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import torch
 
 from longtail import distributed
 from longtail.cli import main
@@ -149,8 +150,21 @@ def test_collective_timeout(monkeypatch):
 
 def test_a_failed_collective_reads_as_a_dead_or_silent_peer(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "30")
-    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:14006: "
-                        "Connection reset by peer.\nmore")
+
+    def raised_in(filename: str, error: BaseException) -> BaseException:
+        """`error` as raised by code in `filename` (gloo's errors are plain RuntimeErrors: only their origin tells)."""
+        space = {"error": error}
+        try:
+            exec(compile("raise error", filename, "exec"), space)
+        except BaseException as exc:  # noqa: BLE001 - returned to the caller
+            return exc
+        raise AssertionError("not raised")
+
+    c10d = "/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py"
+    gloo = raised_in(c10d, RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                                        "[127.0.0.1]:14006: Connection reset by peer.\nmore"))
+    ddp = raised_in("/venv/lib/python3.11/site-packages/torch/nn/parallel/distributed.py",
+                    RuntimeError("Application timeout caused pair closure"))  # the hang test's error, from DDP's forward
     # launched as rank 1 of 2 (torchrun's or the Slurm task's environment); the group may already be torn down
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -158,8 +172,11 @@ def test_a_failed_collective_reads_as_a_dead_or_silent_peer(monkeypatch):
     assert line is not None and "\n" not in line
     assert line.startswith("process 1 of 2: a collective failed, so another process of this run died or did not "
                            "answer within 30 s (LONGTAIL_COLLECTIVE_TIMEOUT_S): [/pytorch/third_party/gloo")
-    assert distributed.peer_failure(RuntimeError("CUDA out of memory")) is None  # not a collective's failure
-    assert distributed.peer_failure(ValueError("gloo/x")) is None
+    assert distributed.peer_failure(ddp).endswith("(LONGTAIL_COLLECTIVE_TIMEOUT_S): Application timeout caused pair "
+                                                  "closure; see the other processes' logs, then resume with --resume")
+    assert distributed.peer_failure(raised_in("/src/longtail/engine.py", RuntimeError("CUDA out of memory"))) is None
+    assert distributed.peer_failure(raised_in(c10d, ValueError("x"))) is None
+    assert distributed.peer_failure(torch.distributed.DistBackendError("NCCL watchdog")) is not None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.peer_failure(gloo) is None  # alone: not a peer's failure
 

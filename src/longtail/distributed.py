@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import traceback
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,15 +62,24 @@ def collective_timeout() -> datetime.timedelta:
 def peer_failure(exc: BaseException) -> Optional[str]:
     """The one line to print when a collective failed because another process died or stopped answering, or
     None when `exc` is something else (or this process was launched alone)."""
-    # gloo raises a plain RuntimeError naming its own source file; NCCL and c10d raise DistError subclasses
-    from_backend = isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo/", "NCCL", "c10d"))
     world = int(os.environ.get("WORLD_SIZE", "1"))  # the group itself may be torn down by the time this is asked
-    if world < 2 or not isinstance(exc, RuntimeError) or not from_backend:
+    if world < 2 or not isinstance(exc, RuntimeError) or not _from_collective(exc):
         return None
     seconds = int(collective_timeout().total_seconds())
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"process {os.environ.get('RANK', '0')} of {world}: a collective failed, so another process of this run died "
             f"or did not answer within {seconds} s ({TIMEOUT_ENV}): {first[:160]}; see the other processes' logs, then resume with --resume")
+
+
+def _from_collective(exc: BaseException) -> bool:
+    """Raised by torch.distributed or DDP: NCCL and c10d raise DistError subclasses; gloo raises plain
+    RuntimeErrors ("Connection reset by peer", "Timed out waiting 30000ms for recv", "Application timeout caused
+    pair closure"), recognisable only by where they come from, the innermost Python frame."""
+    if isinstance(exc, dist.DistError):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1].filename.replace(os.sep, "/") if frames else ""
+    return "torch/distributed/" in where or "torch/nn/parallel/" in where
 
 
 def setup(device_name: str) -> Runtime:
