@@ -2,8 +2,8 @@
 slurmctld, slurmd; see slurm_cluster.py): a small sweep with a failing run and a post-hoc step, a job
 preempted mid-training that Slurm requeues and that resumes to the metrics of the uninterrupted run, and one
 training run as DDP over a job's two CPU tasks (--tasks-per-node 2): equal to 2-process torchrun, preempted
-and resumed likewise, and ended (not hung) when one of its processes is killed or hangs. GPUs and several nodes are
-not tested here (one CPU-only node)."""
+and resumed likewise, and ended (not hung) when one of its processes is killed or hangs. GPUs and several nodes are not tested
+here (one CPU-only node)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import slurm_cluster
@@ -175,7 +176,8 @@ def torchrun_reference(tmp_path_factory):
 
 def _ddp_sweep(folder: Path, name: str, epochs: int) -> Path:
     """A sweep file without axes (one run, out/run) whose job runs the training over 2 tasks of one node."""
-    body = {"base": str(REPO / CONFIG), "out": name, "overrides": [*DDP_SETTINGS, f"train.epochs={epochs}"], "slurm": {"tasks_per_node": 2}}
+    body = {"base": str(REPO / CONFIG), "out": name, "overrides": [*DDP_SETTINGS, f"train.epochs={epochs}"],
+            "slurm": {"tasks_per_node": 2}}
     return write_sweep(folder, body, f"{name}.yaml")
 
 
@@ -207,8 +209,6 @@ def test_a_two_task_job_is_the_two_process_torchrun_run_and_resumes_after_preemp
     for a, b in zip(ours, theirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_num_images"] == b["val_num_images"] and a["val_top1"] == b["val_top1"]
-    import torch
-
     w1, w2 = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (run, torchrun_reference))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (run, torchrun_reference))
