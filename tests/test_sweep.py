@@ -176,8 +176,8 @@ def test_slurm_options():
         with pytest.raises(LongtailError, match="slurm time"):
             slurm_minutes(bad)
     params, threads = slurm_parameters({"partition": "gpu", "time": "12:00:00", "gpus": 1, "cpus": 8, "mem": "32gb"}, jobs=4)
-    assert params == {"job_name": "longtail", "partition": "gpu", "time": 720, "gpus_per_node": 1, "cpus_per_task": 8,
-                      "mem": "32G", "array_parallelism": 4} and threads == 8
+    assert params == {"job_name": "longtail", "partition": "gpu", "time": 720, "nodes": 1, "ntasks_per_node": 1,
+                      "gpus_per_node": 1, "cpus_per_task": 8, "mem": "32G", "array_parallelism": 4} and threads == 8
     assert slurm_parameters({"mem": 16}, None)[0]["mem"] == "16G"
     with pytest.raises(LongtailError, match="slurm cpus"):
         slurm_parameters({"cpus": 0}, None)

@@ -155,8 +155,13 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(sweep)
         return 0
-    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus, "cpus": args.cpus, "mem": args.mem}
-    given = [f"--{k}" for k, v in slurm.items() if v is not None]
+    slurm = {"partition": args.partition, "time": args.time, "nodes": args.nodes, "gpus": args.gpus,
+             "tasks_per_node": args.tasks_per_node, "cpus": args.cpus, "mem": args.mem}
+    given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
+    spread = [f"--{k.replace('_', '-')} {slurm[k]}" for k in ("nodes", "tasks_per_node") if slurm[k] is not None]
+    if spread and args.executor != "slurm":
+        raise LongtailError(f"{' and '.join(spread)} needs --executor slurm: the local executor runs each training as one "
+                            "process on this machine; for several processes here, run the training under torchrun")
     if given and args.executor != "slurm":
         raise LongtailError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --executor slurm only")
     summary = run_sweep(sweep, args.executor, args.jobs, slurm)
@@ -193,6 +198,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"longtail: error: {exc}", file=sys.stderr)  # one line: LongtailError folds its message
         return 2
+    except RuntimeError as exc:  # a collective of a multi-process run: another process died or hangs
+        from .distributed import peer_failure
+
+        line = peer_failure(exc)
+        if line is None or args.debug:
+            raise
+        print(f"longtail: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("longtail: interrupted; the last checkpoint written is intact, resume with --resume", file=sys.stderr)
         return 130

@@ -1,10 +1,13 @@
-"""Process-group plumbing for torchrun: who am I, and the few collectives the engine needs.
-Without torchrun's environment everything degrades to a single process."""
+"""Process-group plumbing for torchrun and multi-task Slurm jobs (same env:// variables): who am I, and the
+few collectives the engine needs. Without that environment everything degrades to a single process."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import traceback
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -36,15 +39,59 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+TIMEOUT_ENV = "LONGTAIL_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective (all-reduce, gather, barrier) waits for the other processes before it fails:
+    LONGTAIL_COLLECTIVE_TIMEOUT_S seconds, 600 by default. A process that died or hangs thus stops the others
+    within that time instead of leaving them waiting (gloo notices a killed peer at once; NCCL may need it all)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise LongtailError(f"{TIMEOUT_ENV}='{text}' is not a number of seconds above 0; unset it (default {DEFAULT_TIMEOUT_S}) or set e.g. 600")
+    return datetime.timedelta(seconds=seconds)
+
+
+def peer_failure(exc: BaseException) -> Optional[str]:
+    """The one line to print when a collective failed because another process died or stopped answering, or
+    None when `exc` is something else (or this process was launched alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # the group itself may be torn down by the time this is asked
+    if world < 2 or not isinstance(exc, RuntimeError) or not _from_collective(exc):
+        return None
+    seconds = int(collective_timeout().total_seconds())
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"process {os.environ.get('RANK', '0')} of {world}: a collective failed, so another process of this run died "
+            f"or did not answer within {seconds} s ({TIMEOUT_ENV}): {first[:160]}; see the other processes' logs, then resume with --resume")
+
+
+def _from_collective(exc: BaseException) -> bool:
+    """Raised by torch.distributed or DDP: NCCL and c10d raise DistError subclasses; gloo raises plain
+    RuntimeErrors ("Connection reset by peer", "Timed out waiting 30000ms for recv", "Application timeout caused
+    pair closure"), recognisable only by where they come from, the innermost Python frame."""
+    if isinstance(exc, dist.DistError):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1].filename.replace(os.sep, "/") if frames else ""
+    return "torch/distributed/" in where or "torch/nn/parallel/" in where
+
+
 def setup(device_name: str) -> Runtime:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone."""
+    """Join the process group when launched by torchrun or a multi-task Slurm job (WORLD_SIZE > 1), else run
+    alone. Collectives fail after collective_timeout() rather than wait forever for a dead process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return Runtime(device, rank, world_size, local_rank)
 
 

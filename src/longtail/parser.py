@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "slurm: array tasks at once, default no limit)")
     sweep.add_argument("--dry-run", action="store_true", help="list every run and step as done, partial or to do; run nothing")
     for flag, kind, text in (("--partition", str, "Slurm partition"), ("--time", str, "time limit per job: minutes or H:MM:SS"),
-                             ("--gpus", int, "GPUs per job"), ("--cpus", int, "CPUs per job (also its torch threads)"),
-                             ("--mem", str, "memory per job, e.g. 32G")):
+                             ("--nodes", int, "nodes per training job (one DDP run over all of them)"),
+                             ("--gpus", int, "GPUs per node of a job, one training process each (DDP)"),
+                             ("--tasks-per-node", int, "training processes per node on a CPU partition (DDP over gloo)"),
+                             ("--cpus", int, "CPUs per process (also its torch threads)"),
+                             ("--mem", str, "memory per node of a job, e.g. 32G")):
         sweep.add_argument(flag, type=kind, help=f"{text} (default: the sweep file's slurm: section)")
     return parser

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import LongtailError
-from .executors import EXECUTORS, Outcome, Task, available_cores, run_task, thread_share
+from .executors import EXECUTORS, Outcome, Task, available_cores, run_task, single_process, slurm_parameters, thread_share
 from .spec import Step, Sweep, Training, load_sweep
 
 __all__ = ["EXECUTORS", "Summary", "Sweep", "Step", "Training", "available_cores", "dry_run", "load_sweep",
@@ -42,6 +42,23 @@ def _training_task(run: Training) -> Task:
 
 def _step_task(step: Step) -> Task:
     return Task(step.name, tuple(step.argv), step.log, step.marker, shlex.join(step.args))
+
+
+def _check_global_batches(runs: list[Training], options: dict[str, Any]) -> None:
+    """Before submitting: every run's global batch must split evenly over a job's processes."""
+    import torch
+
+    from ..config import load_config
+    from ..data.pipeline import per_process_batch
+    from ..distributed import Runtime
+
+    params, _ = slurm_parameters(options, None)
+    world = params["nodes"] * params["ntasks_per_node"]
+    for run in runs if world > 1 else []:
+        try:
+            per_process_batch(load_config(run.config, run.overrides), Runtime(torch.device("cpu"), world_size=world))
+        except LongtailError as exc:
+            raise LongtailError(f"run '{run.name}': {exc} (nodes x gpus or tasks_per_node); change the job's shape or train.batch_size") from None
 
 
 def dry_run(sweep: Sweep, say: Callable[[str], None] = print) -> dict[str, int]:
@@ -77,14 +94,14 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
     options = {**sweep.slurm, **{k: v for k, v in (slurm or {}).items() if v is not None}}
     summary = Summary()
 
-    def execute(tasks: list[Task], kind: str) -> None:
+    def execute(tasks: list[Task], kind: str, shape: dict[str, Any]) -> None:
         if not tasks:
             return
         say(f"{kind}: {len(tasks)} to run")
         if executor == "local":
-            outcomes = launch(tasks, jobs or 1, say, options)
+            outcomes = launch(tasks, jobs or 1, say, shape)
         else:
-            outcomes = launch(tasks, jobs, say, options, sweep.out / ".submitit")
+            outcomes = launch(tasks, jobs, say, shape, sweep.out / ".submitit")
         summary.ran += [o.task for o in outcomes]
         summary.failed += [o for o in outcomes if not o.ok]
 
@@ -94,8 +111,10 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
         if run.status() == "done":
             summary.skipped.append(run.name)
         else:
-            todo.append(_training_task(run))
-    execute(todo, "trainings")
+            todo.append(run)
+    if executor == "slurm" and todo:
+        _check_global_batches(todo, options)
+    execute([_training_task(run) for run in todo], "trainings", options)
 
     steps = []
     for step in sweep.steps:
@@ -106,6 +125,6 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
             summary.blocked.append(step)
         else:
             steps.append(_step_task(step))
-    execute(steps, "post-hoc steps")
+    execute(steps, "post-hoc steps", single_process(options))  # a step is one process
     say(summary.line())
     return summary

@@ -35,7 +35,7 @@ from ..errors import LongtailError, one_line
 
 SWEEP_KEYS = ("base", "overrides", "axes", "out", "variants", "seed_sets_dataset_seed", "slurm")
 VARIANT_KEYS = ("name", "base", "overrides", "from", "step")
-SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem")
+SLURM_KEYS = ("partition", "time", "nodes", "gpus", "tasks_per_node", "cpus", "mem")
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]")  # characters kept as they are in a run directory's name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -106,7 +106,7 @@ class Sweep:
     out: Path
     trainings: list[Training]
     steps: list[Step]
-    slurm: dict[str, Any]  # the file's slurm: section (partition, time, gpus, cpus, mem)
+    slurm: dict[str, Any]  # the file's slurm: section (partition, time, nodes, gpus, tasks_per_node, cpus, mem)
 
 
 def _fail(path: Path, message: str) -> LongtailError:
