@@ -10,11 +10,10 @@ python=${2:-.venv/bin/python}
 out=benchmarks/results/slurm_preempt_loop.txt
 test="tests/test_sweep_slurm.py::test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics"
 mkdir -p benchmarks/results
-{
-  echo "# $test, $runs runs in a row"
-  echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')," \
-       "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$out"
+# '+changes': the checkout differs from its commit (this record aside)
+header="# $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ":(exclude)$out" || echo '+changes'),\
+ $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '# %s, %s runs in a row\n%s\n' "$test" "$runs" "$header" > "$out"
 passed=0
 for i in $(seq 1 "$runs"); do
   log=$(mktemp)
