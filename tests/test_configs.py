@@ -53,7 +53,7 @@ def test_the_family_is_complete():
             assert f"cifar10_lt/{method}_imba{imba}.yaml" in names
             for folder in ("cifar10_lt", "cifar100_lt"):  # seed 004's rows as released (ResNet-34)
                 assert f"{folder}/mmpretrain_{method}_imba{imba}.yaml" in names
-    for folder in ("cifar10_lt", "cifar100_lt"):  # seed 003: google-research's files and recipe
+    for folder in ("cifar10_lt", "cifar100_lt"):  # the dissertation fork: google-research's files and recipe
         for method in ("baseline", "posthoc", "loss"):
             assert f"{folder}/google_{method}.yaml" in names
     for imba in (100, 10):

@@ -259,17 +259,20 @@ def test_predict_takes_positional_overrides(ce, tmp_path, capsys):
 def _table_names(key: str) -> set[str]:
     """The names of the table a config key selects from."""
     from longtail import data, losses, models, posthoc
+    from longtail.models import finetune, head_init
 
     tables = {
         "dataset.name": {*data.IN_MEMORY, *data.IMAGE_LISTS},
         "model.name": {n for n in models.MODELS if not n.startswith(tuple(models.PREFIXED))},
         "loss.name": set(losses.LOSSES),
         "eval.posthoc": {"none", *posthoc.POSTHOC},
+        "model.finetune": set(finetune.FINETUNE),
+        "model.head_init": set(head_init.HEAD_INITS),
     }
     return tables[key]
 
 
-@pytest.mark.parametrize("key", ["dataset.name", "model.name", "loss.name", "eval.posthoc"])
+@pytest.mark.parametrize("key", ["dataset.name", "model.name", "loss.name", "eval.posthoc", "model.finetune", "model.head_init"])
 def test_the_names_checked_by_the_config_are_the_name_tables(key):
     assert set(CHOICES[key]) == _table_names(key)
 

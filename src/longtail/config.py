@@ -175,8 +175,8 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
     "eval.pn_mass": ("val", "transductive"),
     "model.classifier": ("linear", "cosine"),
     # component names, so a misspelt one fails before any data is built; each list equals the keys of its
-    # name table (data.IN_MEMORY + data.IMAGE_LISTS, models.MODELS, losses.LOSSES; eval.posthoc above:
-    # posthoc.POSTHOC + none), which tests/test_names.py checks
+    # name table (data.IN_MEMORY + data.IMAGE_LISTS, models.MODELS, losses.LOSSES, models.finetune.FINETUNE,
+    # models.head_init.HEAD_INITS; eval.posthoc above: posthoc.POSTHOC + none), which tests/test_target_prior.py checks
     "dataset.name": ("fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "folder",
                      "cifar10_lt_tfrecord", "cifar100_lt_tfrecord"),
     "model.name": ("resnet8", "resnet20", "resnet32", "resnet50", "resnext50_32x4d", "resnet152", "resnet8_experts",
