@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-
 from ..config import Config
 from ..errors import LongtailError
 from ..models import backbone_preprocessing
