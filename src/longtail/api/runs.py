@@ -49,7 +49,8 @@ class Run:
         from ..run import run_directory
 
         self.source = Path(path)  # what was given: a run directory or a checkpoint file
-        self.path = run_directory(self.source)  # the run directory: its result files live here
+        # the run directory, where its result files live (a run still to be trained: the folder it will be in)
+        self.path = run_directory(self.source) if self.source.is_file() else self.source
         self.overrides = list(overrides)
 
     def __repr__(self) -> str:
@@ -261,6 +262,7 @@ class Run:
                                     target_prior=target_prior, overrides=self.overrides, batch_size=batch_size,
                                     workers=workers, progress=progress)
         table = pandas.DataFrame([flat_row(row) for row in summary.rows])
+        table["class_index"] = table["class_index"].astype("Int64")  # an integer column with gaps (unreadable images)
         table.attrs["summary"] = summary
         return table
 

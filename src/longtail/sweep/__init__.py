@@ -88,8 +88,8 @@ def check_launch(sweep: Sweep, executor: str = "local", jobs: Optional[int] = No
     if executor == "slurm":
         todo = [run for run in sweep.trainings if run.status() != "done"]
         if todo:
+            _check_global_batches(todo, options)  # (checks the options too) before asking Slurm
             check_slurm(options, jobs)
-            _check_global_batches(todo, options)
         if any(step.status() != "done" for step in sweep.steps):
             check_slurm(single_process(options), jobs)
     return options
