@@ -15,7 +15,7 @@ class LongtailError(Exception):
     included, is collapsed here, so text quoted from elsewhere cannot break that). The command line
     prints it as `longtail: error: MESSAGE` and exits with 2; the Python API raises it.
 
-    Example:
+    Examples:
         >>> import longtail
         >>> try:
         ...     longtail.train("configs/fmnist_lt/ce_imba100.yaml", "train.lr=fast")

@@ -24,7 +24,7 @@ class Report:
     against training images, shots, tau curves, training curves, ...). `markdown`: results.md. `runs`: the
     run directories read; `skipped`: unfinished ones; `files`: what was written (with `out`).
 
-    Example:
+    Examples:
         >>> report = longtail.report("runs/ce_imba100", "runs/la_imba100")
         >>> report.tables["shots"]
         >>> report.figures  # {'per_class_fashion_mnist_lt_if_100.png': <Figure ...>, ...}
@@ -53,7 +53,7 @@ def report(*run_dirs: Union[str, Path], out: Optional[Union[str, Path]] = None, 
             `longtail report RUNS --out OUT` does.
         progress: print the skipped runs, the results tables and what was written, as the command does.
 
-    Example:
+    Examples:
         >>> import longtail
         >>> report = longtail.report("runs")
         >>> report.tables["summary"][["method", "top1_mean", "few_mean"]]

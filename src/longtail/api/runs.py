@@ -40,7 +40,7 @@ class Run:
     Get one from `longtail.train` or `longtail.load_run`. Reading `.config` loads the checkpoint; every method
     runs the checkpoint the run reports (checkpoints/best.pt, else last.pt).
 
-    Example:
+    Examples:
         >>> run = longtail.load_run("runs/ce_imba100")
         >>> run.metrics["top1"], run.history["val_top1"].max()
     """
@@ -66,7 +66,7 @@ class Run:
     def config(self) -> "Config":
         """The run's config (as stored in its checkpoint), with the overrides applied.
 
-        Example:
+        Examples:
             >>> longtail.load_run("runs/ce_imba100").config.loss.name
             'ce'
         """
@@ -78,7 +78,7 @@ class Run:
     def metrics(self) -> dict:
         """metrics.json: the test metrics training reported, as a dict.
 
-        Example:
+        Examples:
             >>> longtail.load_run("runs/ce_imba100").metrics["few"]
         """
         return self._json("metrics.json", "its training has not finished; continue it with longtail.train(config, out=...)")
@@ -87,7 +87,7 @@ class Run:
     def history(self) -> "pandas.DataFrame":
         """epochs.jsonl: one row per trained epoch (train_loss, lr, val_top1, ...), as a pandas DataFrame.
 
-        Example:
+        Examples:
             >>> longtail.load_run("runs/ce_imba100").history[["epoch", "train_loss", "val_top1"]]
         """
         file = self.path / "epochs.jsonl"
@@ -132,7 +132,7 @@ class Run:
                 calibration when it lacks one, as `--save` does.
             progress: print the metrics table and what was written, as the command does.
 
-        Example:
+        Examples:
             >>> run = longtail.load_run("runs/ce_imba100")
             >>> run.evaluate()["top1"] == run.metrics["top1"]
             True
@@ -190,7 +190,7 @@ class Run:
 
         Returns tune_<posthoc>.json's content: "tau", "curve" (one row per tau), "test" (metrics at tau).
 
-        Example:
+        Examples:
             >>> result = longtail.load_run("runs/ce_imba100").tune("la", grid="0:2:0.25")
             >>> result["tau"], result["test"]["top1"]
         """
@@ -215,7 +215,7 @@ class Run:
         Returns one row per (test prior, correction): test_prior, n_images, correction (none, known, em,
         bbse), top1, mean_class_acc, prior_l1; `.attrs["calibration"]` holds the calibration's summary.
 
-        Example:
+        Examples:
             >>> table = longtail.load_run("runs/ce_imba100").shift(["forward-10", "uniform"])
             >>> table.pivot(index="test_prior", columns="correction", values="top1")
         """
@@ -250,7 +250,7 @@ class Run:
         class_name, probability, top1_name, top1_prob, ..., error. An image that cannot be read gets a row
         with its reason in `error` and no prediction; `.attrs["summary"]` is the `PredictionSummary`.
 
-        Example:
+        Examples:
             >>> rows = longtail.load_run("runs/ce_imba100").predict(["shirt.png", "photos/"])
             >>> rows[["path", "class_name", "probability", "error"]]
         """
@@ -269,7 +269,7 @@ class Run:
     def scores(self, split: str = "test") -> "tuple[torch.Tensor, torch.Tensor]":
         """The model's raw logits (N, C), before any post-hoc rule, and the labels (N,) of a split.
 
-        Example:
+        Examples:
             >>> logits, labels = longtail.load_run("runs/ce_imba100").scores("test")
             >>> (logits.argmax(1) == labels).float().mean()
         """
@@ -295,7 +295,7 @@ class Run:
 
         Returns the `ExportResult`: `.path`, `.metadata` and `.max_abs_diff` (exported against torch).
 
-        Example:
+        Examples:
             >>> longtail.load_run("runs/ce_imba100").export("model.onnx").path
         """
         from ..export import export_run
@@ -311,7 +311,7 @@ def load_run(path: str | Path, *overrides: Union[str, dict]) -> Run:
     Raises `LongtailError` when `path` is neither a run directory (with checkpoints/best.pt or last.pt)
     nor a checkpoint file.
 
-    Example:
+    Examples:
         >>> import longtail
         >>> run = longtail.load_run("runs/ce_imba100")
         >>> run.evaluate(posthoc="la")["top1"]

@@ -19,7 +19,7 @@ RESULT_KEYS = ("top1", "mean_class_acc", "many", "medium", "few")
 class Sweep:
     """A sweep: its trainings and post-hoc steps, and what running it did (`summary`, None for a dry run).
 
-    Example:
+    Examples:
         >>> sweep = longtail.sweep("benchmarks/fmnist_methods_small.yaml", dry_run=True)
         >>> sweep.table()[["run", "status"]]
     """
@@ -35,7 +35,7 @@ class Sweep:
     def out(self) -> Path:
         """The folder the runs are in.
 
-        Example:
+        Examples:
             >>> longtail.sweep("sweep.yaml", dry_run=True).out
         """
         return self.spec.out
@@ -44,7 +44,7 @@ class Sweep:
     def runs(self) -> list[Run]:
         """A `Run` for every training, in the file's order (a run not trained yet has no results to read).
 
-        Example:
+        Examples:
             >>> [run.metrics["top1"] for run in longtail.sweep("sweep.yaml").runs]
         """
         return [Run(training.run_dir) for training in self.spec.trainings]
@@ -53,7 +53,7 @@ class Sweep:
         """One row per training: run (its folder under `out`), variant, status (done, partial, to do), path,
         overrides, and the test top1, mean_class_acc, many, medium, few of its metrics.json (NaN until done).
 
-        Example:
+        Examples:
             >>> longtail.sweep("sweep.yaml").table().groupby("variant")["top1"].mean()
         """
         import json
@@ -85,7 +85,7 @@ def sweep(file_or_dict: Union[str, Path, dict], executor: str = "local", jobs: O
             cpus, mem.
         progress: print the plan (dry run) or the progress lines and the summary.
 
-    Example:
+    Examples:
         >>> import longtail
         >>> plan = longtail.sweep({"base": "configs/fmnist_lt/ce_imba100.yaml", "out": "runs/seeds",
         ...                        "axes": {"seed": [0, 1, 2]}}, dry_run=True)

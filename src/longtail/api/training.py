@@ -77,7 +77,7 @@ def train(config: ConfigLike, *overrides: Overrides, out: Optional[str | Path] =
     metrics.json unchanged), as the command line does with `--resume`. A config mistake raises
     `LongtailError` before torch is imported.
 
-    Example:
+    Examples:
         >>> import longtail
         >>> run = longtail.train("configs/fmnist_lt/ce_imba100.yaml", "train.epochs=1", "model.name=resnet8", out="/tmp/x")
         >>> run.metrics["top1"], run.evaluate(posthoc="la")["top1"]
