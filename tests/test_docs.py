@@ -359,3 +359,51 @@ def test_every_results_record_on_the_page_names_its_hardware():
         provenance = path.parent / "provenance.md"  # a report folder's hardware line is beside its output
         text = path.read_text(encoding="utf-8") + (provenance.read_text(encoding="utf-8") if path.parent != RESULTS else "")
         assert re.search(r"Xeon|EPYC|H200|NVIDIA|\bCPU\b", text), f"{path} names no hardware"
+
+
+# ----------------------------------------------------------------------------- the Python API and the notebook
+
+
+def test_api_reference_documents_every_public_name_from_its_docstring(site):
+    import longtail
+
+    ids = parse(built_html(site, "api.md")).ids
+    for name in (n for n in longtail.__all__ if n != "__version__"):
+        obj = getattr(longtail, name)
+        target = getattr(obj, "__api__", None)  # longtail.sweep / longtail.report: the packages call the API function
+        path = target.replace(":", ".") if target else f"{obj.__module__}.{obj.__qualname__}"
+        assert path in ids, f"docs/api.md does not document longtail.{name} ({path})"
+    assert {f"longtail.api.runs.Run.{m}" for m in ("evaluate", "tune", "shift", "predict", "scores", "export")} <= ids
+
+
+def test_the_notebook_page_shows_the_committed_outputs(site):
+    import json
+
+    page = built_html(site, "examples/logit_adjustment.md").read_text(encoding="utf-8")
+    notebook = json.loads((REPO / "examples" / "logit_adjustment.ipynb").read_text(encoding="utf-8"))
+    outputs = [o for cell in notebook["cells"] if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
+    assert outputs, "examples/logit_adjustment.ipynb is committed without outputs; run python examples/execute.py"
+    assert page.count("data:image/png;base64,") == sum("image/png" in o.get("data", {}) for o in outputs) >= 1  # Figure 1
+    for method in ("CE", "post-hoc LA", "LA loss"):
+        assert f"<th>{method}</th>" in page
+    record = REPO / "benchmarks" / "results" / "notebook_logit_adjustment"
+    if not json.loads((record / "run.json").read_text())["tiny"]:  # full size: the page shows the committed record
+        import csv
+
+        with open(record / "table1.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                assert all(f"<td>{value}</td>" in page for key, value in row.items() if key != "method" and value)
+
+
+def test_a_notebook_cell_that_raised_fails_the_build(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("notebook_page", REPO / "scripts" / "notebook_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ROOT = tmp_path
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "1 / 0", "outputs": [
+        {"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": []}]}]}))
+    with pytest.raises(ValueError, match="a cell raised ZeroDivisionError"):
+        module.notebook_markdown(notebook)
