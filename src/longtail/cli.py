@@ -1,4 +1,6 @@
-"""The `longtail` command: train, evaluate, tune, shift, report. User mistakes end in one line on stderr and exit code 2."""
+"""The `longtail` command: train, evaluate, tune, shift, predict, export, report, sweep. Each command parses its
+arguments, calls the Python API (longtail.api: the same functions a notebook calls) and prints; the API prints
+what the command shows when called with progress=True. User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -37,16 +39,14 @@ def _class_counts(text: Optional[str]) -> Optional[list[int]]:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .api import load_run
+    from .checkpoint import write_json_atomic
+    from .distributed import launched_as_main
 
     metrics = load_run(args.run, *args.overrides).evaluate(
         args.posthoc, args.tau, args.target_prior, args.split, pn_mass=args.pn_mass, imbalance_factor=args.imbalance_factor,
         class_counts=_class_counts(args.class_counts), save=args.save, progress=True,
     )
-    from .distributed import launched_as_main
-
     if args.json and launched_as_main():  # under torchrun rank 0 alone writes
-        from .checkpoint import write_json_atomic
-
         write_json_atomic(Path(args.json), metrics)
 
 

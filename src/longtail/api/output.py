@@ -7,6 +7,8 @@ import io
 import os
 from typing import Callable, Iterator
 
+from ..errors import LongtailError
+
 
 def say(progress: bool) -> Callable[[str], None]:
     """`print` for a call with progress=True in the process that reports (rank 0 under torchrun), else a no-op."""
@@ -22,3 +24,12 @@ def quiet(progress: bool) -> Iterator[None]:
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         yield
+
+
+def pandas_module():
+    """pandas, imported on first use (`import longtail` stays light)."""
+    try:
+        import pandas
+    except ImportError:
+        raise LongtailError("this returns a pandas DataFrame and needs pandas: pip install pandas") from None
+    return pandas

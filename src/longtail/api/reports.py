@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from .output import say
-from .runs import _pandas
+from .output import pandas_module, say
 
 if TYPE_CHECKING:
     import pandas
@@ -63,7 +62,7 @@ def report(*run_dirs: Union[str, Path], out: Optional[Union[str, Path]] = None, 
     from ..report.markdown import markdown
     from ..report.tables import build_tables
 
-    pandas = _pandas()
+    pandas = pandas_module()
     runs, skipped = find_runs(list(run_dirs))
     tables = build_tables(runs)
     drawn = {t.dataset: draw_figures(t) for t in tables}

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, TextIO, Union
 
 from ..errors import LongtailError
-from .output import quiet, say
+from .output import pandas_module, quiet, say
+from .overrides import override_strings
 
 if TYPE_CHECKING:  # for the signatures only: importing longtail loads neither torch nor pandas
     import pandas
@@ -18,14 +19,6 @@ if TYPE_CHECKING:  # for the signatures only: importing longtail loads neither t
 
     from ..config import Config
     from ..export import ExportResult
-
-
-def _pandas():
-    try:
-        import pandas
-    except ImportError:
-        raise LongtailError("this returns a pandas DataFrame and needs pandas: pip install pandas") from None
-    return pandas
 
 
 def _main_process() -> bool:
@@ -97,7 +90,7 @@ class Run:
             raise LongtailError(f"run '{self.path}' has no epochs.jsonl: no epoch has finished yet") from None
         except ValueError:
             raise LongtailError(f"'{file}' is not valid JSON lines; the run directory is damaged") from None
-        return _pandas().DataFrame(rows)
+        return pandas_module().DataFrame(rows)
 
     def _json(self, name: str, missing: str) -> dict:
         file = self.path / name
@@ -222,7 +215,7 @@ class Run:
         from ..shift import DEFAULT_PRIORS, parse_prior_list, run_shift
 
         specs = list(DEFAULT_PRIORS) if priors is None else parse_prior_list(priors) if isinstance(priors, str) else list(priors)
-        pandas = _pandas()
+        pandas = pandas_module()
         with quiet(progress):
             result = run_shift(self.source, specs, seed=seed, overrides=self.overrides, calibration=calibration,
                                write=save and _main_process(), log=say(progress))
@@ -256,7 +249,7 @@ class Run:
         """
         from ..predict import flat_row, predict_paths
 
-        pandas = _pandas()
+        pandas = pandas_module()
         with quiet(progress):
             summary = predict_paths(self.source, images, out=out, top_k=top_k, posthoc=posthoc, tau=tau,
                                     target_prior=target_prior, overrides=self.overrides, batch_size=batch_size,
@@ -317,7 +310,6 @@ def load_run(path: str | Path, *overrides: Union[str, dict]) -> Run:
         >>> run.evaluate(posthoc="la")["top1"]
     """
     from ..run import resolve_checkpoint
-    from .training import override_strings
 
     resolve_checkpoint(path)  # a wrong path fails now, in one line
     return Run(path, override_strings(overrides))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .output import quiet, say
-from .runs import Run, _pandas
+from .output import pandas_module, quiet, say
+from .runs import Run
 
 if TYPE_CHECKING:
     import pandas
@@ -66,7 +66,7 @@ class Sweep:
                 metrics = json.loads((training.run_dir / "metrics.json").read_text(encoding="utf-8"))
             rows.append({"run": training.name, "variant": training.variant, "status": status, "path": str(training.run_dir),
                          "overrides": " ".join(training.overrides), **{k: metrics.get(k) for k in RESULT_KEYS}})
-        return _pandas().DataFrame(rows, columns=["run", "variant", "status", "path", "overrides", *RESULT_KEYS])
+        return pandas_module().DataFrame(rows, columns=["run", "variant", "status", "path", "overrides", *RESULT_KEYS])
 
 
 def sweep(file_or_dict: Union[str, Path, dict], executor: str = "local", jobs: Optional[int] = None, dry_run: bool = False,

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..config import Config, flat_dict, flatten, from_flat, load_yaml, parse_override
 from ..errors import LongtailError
 from .output import quiet
+from .overrides import Overrides, override_strings
 from .runs import Run
 
 ConfigLike = Union[str, Path, Mapping[str, Any], Config]
-Overrides = Union[str, Mapping[str, Any]]
-
-
-def override_strings(overrides: Sequence[Overrides]) -> list[str]:
-    """`"key=value"` strings and `{key: value}` dicts as `key=value` strings (a dict's values written as JSON,
-    which the config reads as YAML: the value itself, never re-interpreted)."""
-    texts: list[str] = []
-    for item in overrides:
-        if isinstance(item, str):
-            parse_override(item)  # a text without '=' fails here, with the CLI's message
-            texts.append(item)
-        elif isinstance(item, Mapping):
-            texts += [f"{key}={json.dumps(value)}" for key, value in item.items()]
-        else:
-            raise LongtailError(f"an override is a 'key=value' string or a dict, got {type(item).__name__}; "
-                                "e.g. longtail.train(config, 'train.epochs=5') or longtail.train(config, {'train.epochs': 5})")
-    return texts
 
 
 def resolve_config(config: ConfigLike, overrides: Sequence[Overrides] = ()) -> Config:
@@ -97,4 +80,4 @@ def train(config: ConfigLike, *overrides: Overrides, out: Optional[str | Path] =
     return Run(Path(out))
 
 
-__all__ = ["train", "resolve_config", "override_strings"]
+__all__ = ["train", "resolve_config"]
