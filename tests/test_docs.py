@@ -392,7 +392,7 @@ def test_the_notebook_page_shows_the_committed_outputs(site):
 
         with open(record / "table1.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                assert all(f"<td>{value}</td>" in page for key, value in row.items() if key != "method" and value)
+                assert all(f"<td>{float(value):.2f}</td>" in page for key, value in row.items() if key != "method" and value)
 
 
 def test_a_notebook_cell_that_raised_fails_the_build(tmp_path):
