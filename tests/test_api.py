@@ -133,6 +133,15 @@ def test_metrics_and_scores_agree_with_a_hand_computed_accuracy(run, capfd):
     assert capfd.readouterr() == ("", "")
 
 
+def test_tune_chooses_the_tau_whose_validation_top1_is_best(run, capfd):
+    result = run.tune("la", grid="0,1", save=False)
+    assert capfd.readouterr() == ("", "") and not (run.path / "tune_la.json").exists()
+    curve = {row["tau"]: row["top1"] for row in result["curve"]}
+    assert sorted(curve) == [0.0, 1.0] and curve[result["tau"]] == max(curve.values())
+    assert curve[0.0] == run.evaluate(posthoc="none", split="val")["top1"]  # tau 0 is the raw argmax
+    assert result["test"]["top1"] == run.evaluate(posthoc="la", tau=result["tau"])["top1"]
+
+
 def test_a_missing_run_and_unfinished_results_are_one_line_errors(tmp_path):
     with pytest.raises(longtail.LongtailError, match="is neither a run directory nor a checkpoint file"):
         longtail.load_run(tmp_path / "nothing")
