@@ -28,7 +28,7 @@ from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.engine import fit
 from longtail.errors import LongtailError
 from longtail.evaluation import load_outputs
-from longtail.run import input_contract, input_contract_of, load_run, resolve_checkpoint
+from longtail.run import load_run, resolve_checkpoint
 from longtail.shift import run_shift
 
 TEST_PER_CLASS = 50  # backward-50 keeps 50 .. 1 test images per class
@@ -228,20 +228,17 @@ def test_evaluate_applies_the_runs_own_rule_and_equals_metrics_json(tmp_path, ca
     capsys.readouterr()
 
 
-# ----------------------------------------------------------------------------- the input contract
+# ----------------------------------------------------------------------------- the input spec
 
 
-def test_the_input_contract_travels_in_the_checkpoint(ce):
+def test_the_input_spec_travels_in_the_checkpoint_once(ce):
     run_dir, _ = ce
     cfg, ckpt, _ = load_run(run_dir)
     stored = ckpt["input"]
-    assert stored == {"channels": 1, "image_size": 28, "resize": 28, "mean": ckpt["mean"], "std": ckpt["std"],
-                      "interpolation": "bilinear"}
+    assert stored == {"channels": 1, "size": 28, "crop_pct": 1.0, "mean": [pytest.approx(0.2860, abs=1e-4)],
+                      "std": [pytest.approx(0.3530, abs=1e-4)], "interpolation": "bilinear"}  # Fashion-MNIST's own
+    assert "mean" not in ckpt and "std" not in ckpt and ckpt["format_version"] == 2  # stored once
     json.dumps(stored)  # plain data
-    del ckpt["input"]  # a checkpoint written before the contract was stored: the same, from its config
-    assert input_contract_of(cfg, ckpt) == stored
-    files = input_contract(load_config(None, ["dataset.name=folder", "data.image_size=160"]), 3, [0.5] * 3, [0.25] * 3)
-    assert files["image_size"] == 160 and files["resize"] == round(160 * 256 / 224)
 
 
 def test_predict_takes_positional_overrides(ce, tmp_path, capsys):

@@ -56,7 +56,7 @@ def photometric_steps(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) 
     return steps
 
 
-class Normalize(torch.nn.Module):
+class SpecNormalize(torch.nn.Module):
     """The last step of every per-image transform: input_spec.normalize with the spec's mean/std (CPU tensors,
     where DataLoader workers run)."""
 
@@ -90,7 +90,7 @@ def train_transform(cfg: DataConfig, spec: InputSpec, native_size: int) -> v2.Co
     if spec.size != native_size:
         steps.append(v2.Resize([spec.size, spec.size], interpolation=v2.InterpolationMode(spec.interpolation), antialias=True))
     steps += photometric_steps(cfg, spec.size, v2.AutoAugmentPolicy.CIFAR10)
-    steps.append(Normalize(spec))
+    steps.append(SpecNormalize(spec))
     return v2.Compose(steps)
 
 
@@ -98,7 +98,7 @@ def eval_transform(spec: InputSpec) -> v2.Compose:
     """Any uint8 (C, H, W) image -> the network's normalised input: the spec's resize and centre crop (nothing for
     an image already S x S with R = S), then normalisation. Evaluation's crop-decode (image_batches), the in-memory
     evaluation batches and deployment.Preprocessing give the same pixels."""
-    return v2.Compose([EvalResize(spec), Normalize(spec)])
+    return v2.Compose([EvalResize(spec), SpecNormalize(spec)])
 
 
 def image_train_transform(cfg: DataConfig, spec: InputSpec) -> v2.Compose:
@@ -111,5 +111,5 @@ def image_train_transform(cfg: DataConfig, spec: InputSpec) -> v2.Compose:
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
-    steps.append(Normalize(spec))
+    steps.append(SpecNormalize(spec))
     return v2.Compose(steps)
