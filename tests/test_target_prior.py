@@ -1,5 +1,5 @@
 """One rule for a target prior (priors.py) through predict, evaluate, shift and export; the calibration and
-input contract stored with a run (run.py); `evaluate RUN` reproducing metrics.json; component names checked
+input spec stored with a run (run.py); `evaluate RUN` reproducing metrics.json; component names checked
 when the config is read; no import cycles."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SRC, cli_env
+from conftest import SRC, cli_env, import_graph
 from deploy_runs import TINY, evaluate_scores, normalised, split_images
 from conftest import write_fake_fmnist
 from longtail.calibration import fit_bcts
@@ -306,30 +306,8 @@ def test_train_with_a_misspelt_loss_fails_before_torch_is_imported(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _imports() -> dict[str, set[str]]:
-    """longtail module -> the longtail modules it imports anywhere (top level or inside functions)."""
-    root = SRC / "longtail"
-    modules = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p for p in root.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1] if node.level else []
-                target = ".".join(base + ([node.module] if node.module else []))
-                for alias in node.names:  # `from . import distributed` names a module
-                    sub = f"{target}.{alias.name}"
-                    found.add(sub if sub in modules else target)
-            elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
-
-
 def test_no_import_cycles():
-    graph, state, cycles = _imports(), {}, []
+    graph, state, cycles = import_graph(), {}, []
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = "open"

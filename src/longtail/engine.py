@@ -34,6 +34,7 @@ from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
 from .metrics import with_class_names
+from .input_spec import CONFIG_KEYS as INPUT_KEYS
 from .inference import autocast, describe, evaluate_split, predict_split, prepare_model, to_layout
 from .models import create_model
 from .models import finetune
@@ -163,7 +164,7 @@ def _stored_input(cfg: Config, resume_ckpt: Optional[dict]) -> Optional[dict]:
     if resume_ckpt is None:
         return None
     changed = _config_differences(from_dict(resume_ckpt["config"]), cfg)
-    return None if any(k in changed for k in ("data.image_size", "data.mean", "data.std", "data.crop_pct")) else resume_ckpt
+    return None if any(k in changed for k in INPUT_KEYS) else resume_ckpt
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:

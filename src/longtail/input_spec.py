@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 from .errors import LongtailError
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+CONFIG_KEYS = ("data.image_size", "data.mean", "data.std", "data.crop_pct")  # the config keys that set a spec
 FIELDS = ("channels", "size", "crop_pct", "interpolation", "mean", "std")
 Box = tuple[float, float, float, float]  # left, top, width, height in original pixels
 

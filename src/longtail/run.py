@@ -1,6 +1,6 @@
 """One home for a trained run: where its checkpoint is, its config, its model, its class names, its input
-contract, its prediction rule, its calibration and its training counts. evaluation, tune, shift, predict and
-export stand on this module; it runs no data.
+spec, its prediction rule, its calibration and its training counts. evaluation, tune, shift, predict and
+export stand on this module; it builds the data (`load_data`) but runs no model over it.
 
 The input spec (input_spec.InputSpec, stored once as ckpt["input"] by the engine): how an image file becomes the
 network's input. It is built once when the data is built (`load_data`: the dataset, the pretrained backbone and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,15 +25,17 @@ from torch import nn
 from .calibration import Calibrator, fit_calibration
 from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from .config import Config, flatten, from_flat, parse_override
-from .data import DataBundle, build_data
 from .errors import LongtailError
-from .input_spec import InputSpec
+from .input_spec import CONFIG_KEYS, InputSpec
 from .models import backbone_preprocessing, create_model, finetune
 from .priors import source_log_prior
 
+if TYPE_CHECKING:
+    from .data import DataBundle
+
 DEFAULT_CALIBRATION = "bcts"
 # keys of the input spec that a saved run keeps from training (its stored spec); data.crop_pct may change at evaluation
-FIXED_INPUT_KEYS = ("data.image_size", "data.mean", "data.std")
+FIXED_INPUT_KEYS = tuple(k for k in CONFIG_KEYS if k != "data.crop_pct")
 
 
 # ----------------------------------------------------------------------------- finding and loading a run
@@ -122,6 +124,8 @@ def load_data(cfg: Config, ckpt: Optional[dict] = None) -> DataBundle:
     """The configured dataset and its input spec: for a saved run (`ckpt`) the stored spec (`input_spec_of`), else
     one built from the dataset, the pretrained backbone's preprocessing and the data.* keys. Models and data meet
     here, above both packages: the data package imports nothing from models."""
+    from .data import build_data
+
     if ckpt is not None:
         return build_data(cfg, spec=input_spec_of(cfg, ckpt))
     return build_data(cfg, backbone=backbone_preprocessing(cfg.model))

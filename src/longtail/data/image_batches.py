@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import LongtailError
-from .color_jitter import JITTER_DRAWS, color_jitter, jitter_params
 from ..input_spec import InputSpec, normalize
+from .color_jitter import JITTER_DRAWS, color_jitter, jitter_params
 from .crop_decode import DRAWS_PER_CROP, decode_box, random_box
 from .image_list import ImageList
 from .loader import LoaderPipeline, seeded_default_generator
