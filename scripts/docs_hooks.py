@@ -221,18 +221,84 @@ def published_section() -> list[str]:
     return lines
 
 
+# Titles for records whose own first heading does not say what they are (a report's generic "# Results").
+TITLES = {
+    "fmnist_lt_report_cpu_seed0/provenance.md": "Fashion-MNIST-LT report (CPU, seed 0): where it comes from",
+    "fmnist_lt_report_cpu_seed0/results.md": "Fashion-MNIST-LT report (CPU, seed 0): tables and figures",
+}
+
+# Figures shown under a record on the results page: (figure file, alt text, what it shows).
+REPORT = "fmnist_lt_report_cpu_seed0/figures/"
+FIGURES = {
+    "fmnist_lt_report_cpu_seed0/results.md": [
+        (REPORT + "effective_fmnist_lt_if_100.png", "Effective class probabilities of the Fashion-MNIST-LT IF 100 "
+         "training set for several beta, classes ranked by frequency",
+         "Figure 1 of the logit-adjustment paper for this data: the effective class probabilities (Cui et al.) "
+         "of the training set, classes ranked by frequency."),
+        (REPORT + "per_class_fmnist_lt_if_100.png", "Per-class test accuracy against the class's training count "
+         "for each method on Fashion-MNIST-LT IF 100",
+         "Per-class test accuracy against the class's number of training images, one marker per method."),
+    ],
+}
+
+
+def _title(path: Path) -> str:
+    rel = path.relative_to(RESULTS).as_posix()
+    first = re.search(r"^# (.+)$", path.read_text(encoding="utf-8"), re.M)
+    return TITLES.get(rel) or (first.group(1).strip() if first else rel)
+
+
+def figure(src: str, alt: str, caption: str) -> str:
+    """A figure of the built site: the image (served from benchmarks/results), its alt text, and a caption
+    naming its source file."""
+    return (f'<figure markdown="span">\n  ![{alt}]({src})\n  <figcaption>{caption} Source: '
+            f'<code>{src}</code></figcaption>\n</figure>\n')
+
+
 def results_page() -> str:
     lines = [GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
-             "Every table on this page is a file under `benchmarks/results/`, shown as it is; each says the hardware, "
+             "Every table on this page is a file under `benchmarks/results/`, shown as it is under a heading that "
+             "says what it is, with the file's path under it (a link to the file alone); each says the hardware, "
              "the software and the command that produced it. The numbers in the README and in these pages come from "
-             "these files (a test checks it). The published numbers of the papers follow at the end.\n"]
+             "these files (a test checks each against the file the page cites). The published numbers of the papers "
+             "follow at the end.\n"]
     for path in result_files():
-        rel = path.relative_to(ROOT)
-        lines += [f"## `{rel}`\n", _embed(path.read_text(encoding="utf-8")), ""]
+        rel = path.relative_to(ROOT).as_posix()
+        body = re.sub(r"\A\s*# .*\n", "", path.read_text(encoding="utf-8"))  # the title is the section's heading
+        lines += [f"## {_title(path)}\n", f'<p class="record-path"><a href="{rel[:-3]}.html"><code>{rel}</code></a></p>\n',
+                  _embed(body), ""]
+        for src, alt, caption in FIGURES.get(path.relative_to(RESULTS).as_posix(), []):
+            lines.append(figure(f"benchmarks/results/{src}", alt, caption))
     return "\n".join(lines + published_section())
 
 
-PAGES = {"reference/cli.md": cli_page, "reference/config.md": config_page, "results.md": results_page}
+def record_page(path: Path) -> str:
+    """One record on a page of its own (the link under its heading on the results page)."""
+    rel = path.relative_to(ROOT).as_posix()
+    text = path.read_text(encoding="utf-8")
+    text = _LINK.sub(lambda m: f"{m.group(1)} (`{(path.parent / m.group(2)).relative_to(ROOT).as_posix()}`)", text)
+    if not text.lstrip().startswith("# "):
+        text = f"# {_title(path)}\n\n" + text
+    return GENERATED_NOTE.format(source=rel) + text + f"\n\n`{rel}`, shown on [Results]({'../' * rel.count('/')}results.md).\n"
+
+
+def changelog_page() -> str:
+    """CHANGELOG.md of the repository root, its links to docs/ pages made site links."""
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    return GENERATED_NOTE.format(source="CHANGELOG.md") + text.replace("](docs/", "](")
+
+
+PAGES = {"reference/cli.md": cli_page, "reference/config.md": config_page, "results.md": results_page,
+         "changelog.md": changelog_page}
+
+# Static files of benchmarks/results the site serves at the same path (figures, CSV, JSON, text records).
+STATIC = (".png", ".csv", ".json", ".txt")
+
+
+def record_files() -> dict[str, Path]:
+    """{site path: file} of every record under benchmarks/results: .md as pages of their own, the rest as is."""
+    return {p.relative_to(ROOT).as_posix(): p for p in sorted(RESULTS.rglob("*"))
+            if p.is_file() and (p.suffix == ".md" or p.suffix in STATIC)}
 
 
 # ----------------------------------------------------------------------------- MkDocs
@@ -246,7 +312,23 @@ def on_files(files, config, **kwargs):
         if existing is not None:
             files.remove(existing)
         files.append(File.generated(config, uri, content=make()))
+    for uri, path in record_files().items():
+        content = record_page(path) if path.suffix == ".md" else path.read_bytes()
+        files.append(File.generated(config, uri, content=content))
     return files
+
+
+_TABLE_CODE = re.compile(r"(<td[^>]*>)(.*?)(</td>)", re.S)
+
+
+def on_page_content(html, page, config, files):
+    """Code in table cells never breaks inside (extra.css); long paths and lists may break after / , { ."""
+    def breakable(cell: re.Match) -> str:
+        body = re.sub(r"<code>(.*?)</code>", lambda c: "<code>" + re.sub(r"([/,{])(?!>)", r"\1<wbr>", c.group(1)) + "</code>",
+                      cell.group(2))
+        return cell.group(1) + body + cell.group(3)
+
+    return _TABLE_CODE.sub(breakable, html)
 
 
 if __name__ == "__main__":
