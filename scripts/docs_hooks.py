@@ -255,8 +255,12 @@ def figure(src: str, alt: str, caption: str) -> str:
             f'<code>{src}</code></figcaption>\n</figure>\n')
 
 
+# The records' tables are wide: their pages give the text column the width of the in-page table of contents.
+WIDE = "---\nhide:\n  - toc\n---\n"
+
+
 def results_page() -> str:
-    lines = [GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
+    lines = [WIDE + GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
              "Every table on this page is a file under `benchmarks/results/`, shown as it is under a heading that "
              "says what it is, with the file's path under it (a link to the file alone); each says the hardware, "
              "the software and the command that produced it. The numbers in the README and in these pages come from "
@@ -279,7 +283,7 @@ def record_page(path: Path) -> str:
     text = _LINK.sub(lambda m: f"{m.group(1)} (`{(path.parent / m.group(2)).relative_to(ROOT).as_posix()}`)", text)
     if not text.lstrip().startswith("# "):
         text = f"# {_title(path)}\n\n" + text
-    return GENERATED_NOTE.format(source=rel) + text + f"\n\n`{rel}`, shown on [Results]({'../' * rel.count('/')}results.md).\n"
+    return WIDE + GENERATED_NOTE.format(source=rel) + text + f"\n\n`{rel}`, shown on [Results]({'../' * rel.count('/')}results.md).\n"
 
 
 def changelog_page() -> str:
@@ -321,12 +325,20 @@ def on_files(files, config, **kwargs):
 _TABLE_CODE = re.compile(r"(<td[^>]*>)(.*?)(</td>)", re.S)
 
 
+def _cell_code(code: re.Match) -> str:
+    """A name (a key, a flag, a value: no space, no slash) never breaks; a path, a file name or a list may break
+    after / , { (a file name also after _ and -)."""
+    text = code.group(1)
+    is_file = re.search(r"\.(?:py|ya?ml|txt|json|csv|md)$", text)
+    if not re.search(r"[\s/]", text) and not is_file:
+        return f'<code class="name">{text}</code>'
+    return "<code>" + re.sub(r"([/,{_-])(?![^<]*>)" if is_file else r"([/,{])(?![^<]*>)", r"\1<wbr>", text) + "</code>"
+
+
 def on_page_content(html, page, config, files):
-    """Code in table cells never breaks inside (extra.css); long paths and lists may break after / , { ."""
+    """Code in table cells: see _cell_code and docs/assets/extra.css."""
     def breakable(cell: re.Match) -> str:
-        body = re.sub(r"<code>(.*?)</code>", lambda c: "<code>" + re.sub(r"([/,{])(?!>)", r"\1<wbr>", c.group(1)) + "</code>",
-                      cell.group(2))
-        return cell.group(1) + body + cell.group(3)
+        return cell.group(1) + re.sub(r"<code>(.*?)</code>", _cell_code, cell.group(2)) + cell.group(3)
 
     return _TABLE_CODE.sub(breakable, html)
 

@@ -102,6 +102,27 @@ class Browser:
             self._call("Target.closeTarget", {"targetId": target})
         return value
 
+    def evaluate_all(self, urls: list[str], expression: str, timeout: float = 60, tabs: int = 8) -> dict[str, Any]:
+        """{url: value} of `expression` on each page, `tabs` pages open at a time, each polled until truthy."""
+        out: dict[str, Any] = {}
+        for start in range(0, len(urls), tabs):
+            open_tabs = {}
+            for url in urls[start:start + tabs]:
+                target = self._call("Target.createTarget", {"url": url})["targetId"]
+                open_tabs[url] = (target, self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"])
+            end = time.monotonic() + timeout
+            while open_tabs and time.monotonic() < end:
+                for url, (target, session) in list(open_tabs.items()):
+                    result = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+                    out[url] = result.get("result", {}).get("value")
+                    if out[url]:
+                        self._call("Target.closeTarget", {"targetId": target})
+                        del open_tabs[url]
+                time.sleep(0.1)
+            for target, _ in open_tabs.values():
+                self._call("Target.closeTarget", {"targetId": target})
+        return out
+
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()

@@ -445,7 +445,8 @@ def rendered(site, tmp_path_factory) -> dict[str, dict]:
     browser = Browser(tmp_path_factory.mktemp("chromium-pages"), window=(1280, 800))
     try:
         with serve(site) as base:
-            return {page: browser.wait_for(base + page, PAGE_FACTS, timeout=30, close=True) for page in pages}
+            facts = browser.evaluate_all([base + page for page in pages], PAGE_FACTS, timeout=60)
+            return {page: facts[base + page] for page in pages}
     finally:
         browser.close()
 
