@@ -5,6 +5,9 @@
                        config schema (longtail.config: the dataclasses, CHOICES, and each field's comment)
 - results.md           the measurement files under benchmarks/results (each with its hardware line) and the
                        published numbers of benchmarks/results/published.csv
+- changelog.md         CHANGELOG.md of the repository
+- benchmarks/results/  every record at its repository path: .md records as pages of their own (linked from
+                       results.md, not in the navigation), figures, CSV, JSON and text as they are
 
 The pages exist only in the built site (mkdocs.yml names them in the nav); nothing is written into docs/.
 `python scripts/docs_hooks.py OUT_DIR` writes the three pages to OUT_DIR, to read them without a build.
