@@ -216,7 +216,6 @@ NOT_MEASURED = [
     r"×\s?\d+(?:\.\d+)?",
     r"\b\d+×\d+\b",
     r"\d+ s\s+(?:apart|before\s+its\s+time\s+limit|collective\s+timeout)",  # the sweep's and the tests' own settings
-    r"at most \d+ minutes",
 ]
 UNIT = r"(?:%|×|img/s|images/s|s\b|min\b|GiB|MiB|GB\b|seconds\b|minutes\b)"
 MEASURED = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?)\s?{UNIT}|(?<![\w.,])(\d+\.\d+)(?![\w.])")
