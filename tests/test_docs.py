@@ -8,6 +8,7 @@ import argparse
 import html.parser
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -442,9 +443,12 @@ def rendered(site, tmp_path_factory) -> dict[str, dict]:
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed (Debian package 'chromium')")
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html") if p.name != "404.html")
+    # a copy without the search index: each page's search worker would otherwise index the whole site again
+    quiet = tmp_path_factory.mktemp("site-without-search") / "site"
+    shutil.copytree(site, quiet, ignore=shutil.ignore_patterns("search_index.json"))
     browser = Browser(tmp_path_factory.mktemp("chromium-pages"), window=(1280, 800))
     try:
-        with serve(site) as base:
+        with serve(quiet) as base:
             facts = browser.evaluate_all([base + page for page in pages], PAGE_FACTS, timeout=60)
             return {page: facts[base + page] for page in pages}
     finally:
