@@ -87,9 +87,10 @@ def cli_page() -> str:
              *_option_rows(parser), ""]
     lines.append("Commands: " + ", ".join(f"[`{name}`](#{name})" for name in commands.choices) + ".\n")
     for name, sub in commands.choices.items():
-        usage = " ".join(sub.format_usage().split())
-        if usage.startswith("usage: "):
-            usage = usage[len("usage: "):]
+        # argparse's own line breaks at a width that fits the page's code column (about 84 characters)
+        usage = argparse.HelpFormatter(sub.prog, width=84)
+        usage.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups, prefix="")
+        usage = usage.format_help().strip("\n")
         lines += [f"## {name}\n", f"{helps.get(name) or ''}\n", "```text", usage, "```\n", *_option_rows(sub), ""]
         if sub.epilog:
             lines.append(f"{sub.epilog}\n")
