@@ -377,18 +377,20 @@ def test_clip_preprocessing_reaches_the_data(tiny_clip):
     import open_clip
 
     pre = backbone_preprocessing(ModelConfig(name="clip/lt-tiny-clip", pretrained="openai"))
-    assert pre["image_size"] == 32 and pre["interpolation"] == "bicubic"
-    assert pre["mean"] == list(open_clip.OPENAI_DATASET_MEAN) and pre["std"] == list(open_clip.OPENAI_DATASET_STD)
+    assert pre.image_size == 32 and pre.interpolation == "bicubic" and pre.crop_pct == 1.0  # open_clip: short side to S
+    assert pre.mean == tuple(open_clip.OPENAI_DATASET_MEAN) and pre.std == tuple(open_clip.OPENAI_DATASET_STD)
     vit = backbone_preprocessing(ModelConfig(name="timm/test_vit", pretrained="hub"))  # read from timm's config only
-    assert vit["image_size"] == 160 and vit["mean"] == [0.5, 0.5, 0.5] and vit["interpolation"] == "bicubic"
+    assert vit.image_size == 160 and vit.mean == (0.5, 0.5, 0.5) and vit.interpolation == "bicubic"
+    assert vit.crop_pct == 0.95  # timm's pretrained_cfg of test_vit: evaluation resizes 160 to floor(160 / 0.95) = 168
     assert backbone_preprocessing(ModelConfig(name="timm/test_vit")) is None  # from scratch: the dataset's statistics
 
 
 def test_a_run_uses_the_backbones_mean_and_std(files):
-    from longtail.data import build_data
+    from longtail.run import load_data
 
-    bundle = build_data(cfg_of(files, "model.name=timm/test_vit"))
-    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.5, 0.5, 0.5) and bundle.interpolation == "bicubic"
+    bundle = load_data(cfg_of(files, "model.name=timm/test_vit"))
+    spec = bundle.spec
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5) and spec.interpolation == "bicubic"
 
 
 # ----------------------------------------------------------------------------- bad input, one line each
@@ -491,10 +493,10 @@ def test_list_datasets_take_class_names_from_a_file_or_inat_categories(tmp_path)
 def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_same_input(files, tiny_clip, tmp_path):
     import open_clip
 
-    from longtail.data import build_data
     from longtail.data.pipeline import eval_batches
     from longtail.deployment import load_deployment
     from longtail.distributed import Runtime
+    from longtail.run import load_data
 
     weights = tmp_path / "clip48.pt"
     torch.save(open_clip.create_model("lt-tiny-clip48").state_dict(), weights)
@@ -504,8 +506,8 @@ def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_sa
     cfg = load_config(None, [*TINY_CIFAR, f"dataset.root={files['cifar']}", *overrides])
     metrics = fit(cfg, run)
     assert 0.0 <= metrics["top1"] <= 100.0
-    bundle = build_data(cfg)
-    assert bundle.resize == 48 and bundle.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
+    bundle = load_data(cfg)
+    assert bundle.spec.size == bundle.train_resize() == 48 and bundle.spec.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
     x, _ = next(eval_batches(bundle.test, bundle, cfg, Runtime(torch.device("cpu"))))
     assert x.shape[-2:] == (48, 48)
     deployment = load_deployment(run)

@@ -66,6 +66,10 @@ class DataConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None  # per-channel divisor of that normalisation (0..1 scale); null: the dataset's own
     drop_last: bool = False  # drop the last partial training batch of every epoch (steps = floor(N / batch))
+    # evaluation resize ratio, 0 < x <= 1: the short side becomes floor(S / crop_pct), then the centre S x S is kept
+    # (0.875: 224 -> 256; LIFT's Resize(S * 8 // 7)). null: the pretrained backbone's own (timm's pretrained_cfg,
+    # 1.0 for CLIP), else round(S * 256 / 224) for image files and the whole image for in-memory datasets
+    crop_pct: Optional[float] = None
 
 
 @dataclass
@@ -380,6 +384,8 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
     if cfg.data.std is not None and not all(v > 0 for v in cfg.data.std):
         raise LongtailError(f"config key 'data.std' must hold positive values, got {cfg.data.std}")
+    if cfg.data.crop_pct is not None and not 0 < cfg.data.crop_pct <= 1:
+        raise LongtailError(f"config key 'data.crop_pct' must lie in (0, 1] (or null: the backbone's own), got {cfg.data.crop_pct}")
     if cfg.data.image_size < 8:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:

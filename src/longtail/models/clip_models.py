@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError, one_line
+from ..input_spec import BackboneInput
 from .cosine import BackboneClassifier
 from .libraries import optional_import, unknown_model
 
@@ -41,20 +42,21 @@ def check_clip_name(name: str) -> None:
         raise unknown_model("open_clip", name, known, "open_clip.list_models()")
 
 
-def clip_preprocessing(name: str) -> dict[str, Any]:
-    """The input CLIP's image tower expects: its size, bicubic resizing, OpenAI's (or the config's) mean/std."""
+def clip_preprocessing(name: str) -> BackboneInput:
+    """The input CLIP's image tower expects: its size, bicubic resizing, OpenAI's (or the config's) mean/std, and
+    crop_pct 1.0: open_clip's evaluation transform resizes the short side to the crop size, then centre-crops."""
     open_clip = _open_clip()
     check_clip_name(name)
     config = open_clip.get_model_config(name) or {}
     pre = config.get("preprocess_cfg", {})
     size = config.get("vision_cfg", {}).get("image_size", 224)
-    return {
-        "image_size": int(size if isinstance(size, int) else size[-1]),
-        "interpolation": pre.get("interpolation", "bicubic"),
-        "mean": [float(v) for v in pre.get("mean", open_clip.OPENAI_DATASET_MEAN)],
-        "std": [float(v) for v in pre.get("std", open_clip.OPENAI_DATASET_STD)],
-        "crop_pct": 1.0,  # CLIP resizes the short side to the crop size
-    }
+    return BackboneInput(
+        image_size=int(size if isinstance(size, int) else size[-1]),
+        interpolation=pre.get("interpolation", "bicubic"),
+        mean=tuple(float(v) for v in pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(float(v) for v in pre.get("std", open_clip.OPENAI_DATASET_STD)),
+        crop_pct=1.0,
+    )
 
 
 def _weights_argument(name: str, spec: Optional[str]) -> Optional[str]:
