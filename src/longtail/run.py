@@ -66,7 +66,11 @@ def run_directory(path: str | Path) -> Path:
 
 
 def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
-    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
+    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied; a config
+    file with model.finetune=zero_shot is CLIP's zero-shot classifier, built from it (zeroshot.py)."""
+    from .zeroshot import is_config_file, zero_shot_run
+    if is_config_file(path):
+        return zero_shot_run(path, overrides)
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     try:
