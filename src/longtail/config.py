@@ -66,8 +66,8 @@ class DataConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None  # per-channel divisor of that normalisation (0..1 scale); null: the dataset's own
     drop_last: bool = False  # drop the last partial training batch of every epoch (steps = floor(N / batch))
-    # evaluation resize: short side floor(size / crop_pct), then the centre crop (0.875: 256 -> 224, LIFT's
-    # Resize(res * 8 // 7)); null: the pipeline's own (the key is defined with the single input spec)
+    # evaluation resize: short side floor(size / crop_pct), then the centre crop (defined with the input spec; here
+    # only so LIFT's configs load)
     crop_pct: Optional[float] = None
 
 
@@ -399,8 +399,6 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
     if cfg.eval.tte_expand < 0:
         raise LongtailError(f"config key 'eval.tte_expand' must be >= 0 pixels, got {cfg.eval.tte_expand}")
-    if cfg.data.crop_pct is not None and not 0 < cfg.data.crop_pct <= 1:
-        raise LongtailError(f"config key 'data.crop_pct' must lie in (0, 1] (0.875: resize to 256, crop 224), got {cfg.data.crop_pct}")
     if cfg.model.prompt.count("{}") != 1:
         raise LongtailError(f"config key 'model.prompt' must hold one '{{}}' where the class name goes, got {_short(cfg.model.prompt)}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
