@@ -69,19 +69,43 @@ def test_in_memory_tte_batches_resize_then_crop(tmp_path):
     cfg = Config(eval=EvalConfig(tte="fivecrop", tte_expand=4, batch_size=10))
     images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
 
-    class Bundle:  # an in-memory bundle: 8 px images, no backbone resize
-        in_memory, resize, interpolation, mean, std = True, None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-
     class Split:
         pass
 
     split = Split()
     split.images, split.labels = images, torch.arange(3)
+
+    class Bundle:  # an in-memory bundle: 8 px images, no backbone resize
+        in_memory, resize, interpolation, mean, std, train = True, None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), split
+
     batches = list(tte.eval_batches(split, Bundle, cfg, Runtime(torch.device("cpu"))))
     assert [x.shape for x, _ in batches] == [(2, 5, 3, 8, 8), (1, 5, 3, 8, 8)]  # 10 views a batch: 2 images
     big = v2.functional.resize(images, [12, 12], antialias=True)
     reference = torch.stack(v2.functional.five_crop(big, [8, 8]), dim=1).float() / 255
     assert torch.allclose(torch.cat([x for x, _ in batches]), reference, atol=1e-6)
+
+
+def test_image_files_give_the_crops_of_the_decoded_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    array = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+
+    class Files:  # the ImageList surface ImageViews reads
+        targets = [2]
+
+        def __len__(self):
+            return 1
+
+        def read(self, index, reader):
+            return reader(str(tmp_path / "a.png"))
+
+    views, label = tte.ImageViews(Files(), 32, "fivecrop", 8, "bilinear")[0]  # short side 40 = 32 + 8: no resize
+    image = torch.from_numpy(array).permute(2, 0, 1)
+    assert label == 2 and views.shape == (5, 3, 32, 32)
+    for view, (top, left) in zip(views, [(0, 0), (0, 16), (8, 0), (8, 16), (4, 8)]):
+        assert torch.equal(view, image[:, top : top + 32, left : left + 32])
 
 
 def test_tte_keys_are_checked_and_export_refuses_it():
@@ -197,6 +221,14 @@ def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp
     assert metrics["top1"] == pytest.approx(100.0 * (predicted == bundle.test.labels).float().mean().item())
     with pytest.raises(LongtailError, match="model.finetune=zero_shot"):
         evaluate_checkpoint(config, overrides=["model.finetune=adapter"])
+    # eval.tte=flip through evaluate: the argmax of the mean of the image's and its mirror's logits
+    from longtail.evaluation import load_outputs
+
+    flipped = load_outputs(config, ["eval.tte=flip"], splits=("test",)).split("test")["logits"]
+    with torch.no_grad():
+        cosines = [nn.functional.normalize(clip.encode_image(v), dim=-1) @ text.t() for v in (x, x.flip(-1))]
+    assert torch.allclose(flipped, clip.logit_scale.exp() * (cosines[0] + cosines[1]) / 2, atol=1e-4)
+    assert not torch.allclose(flipped, clip.logit_scale.exp() * cosines[0], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- schedule and configs

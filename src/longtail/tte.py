@@ -107,6 +107,13 @@ def _read_rgb(path: str) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def bundle_input(bundle: Any, cfg: Config) -> tuple[int, str, Any, Any]:
+    """(S, interpolation, mean, std) of the network's input, as the usual evaluation takes them: S the in-memory
+    images' side as the network sees it (their own, or a pretrained backbone's), data.image_size for image files."""
+    size = int(bundle.resize or bundle.train.images.shape[-1]) if bundle.in_memory else cfg.data.image_size
+    return size, bundle.interpolation, bundle.mean, bundle.std
+
+
 def eval_batches(split: Any, bundle: Any, cfg: Config, runtime: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """As data.pipeline.eval_batches (this process's rank::world_size shard, normalised, on the device), each
     image as its K views: (B, K, C, S, S). eval.batch_size counts views, so a batch holds batch_size // K images."""
@@ -114,9 +121,10 @@ def eval_batches(split: Any, bundle: Any, cfg: Config, runtime: Any) -> Iterator
 
     mode, k = cfg.eval.tte, VIEWS[cfg.eval.tte]
     per_batch = max(1, cfg.eval.batch_size // k)
-    mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
+    size, interpolation, mean, std = bundle_input(bundle, cfg)
+    mean, std = stats_tensor(mean, runtime.device), stats_tensor(std, runtime.device)
     if not bundle.in_memory:
-        dataset = Subset(ImageViews(split, cfg.data.image_size, mode, cfg.eval.tte_expand, bundle.interpolation),
+        dataset = Subset(ImageViews(split, size, mode, cfg.eval.tte_expand, interpolation),
                          list(range(runtime.rank, len(split), runtime.world_size)))
         loader = DataLoader(dataset, batch_size=per_batch, num_workers=cfg.data.num_workers,
                             pin_memory=runtime.device.type == "cuda")
@@ -124,9 +132,8 @@ def eval_batches(split: Any, bundle: Any, cfg: Config, runtime: Any) -> Iterator
             yield normalize_uint8(x.to(runtime.device, non_blocking=True), mean, std), y.to(runtime.device, non_blocking=True)
         return
     images, labels = split.images[runtime.rank :: runtime.world_size], split.labels[runtime.rank :: runtime.world_size]
-    size = int(bundle.resize or images.shape[-1])
     side = size if mode == "flip" else resize_side(cfg, size)
-    mode_i = InterpolationMode(bundle.interpolation)
+    mode_i = InterpolationMode(interpolation)
     for start in range(0, len(labels), per_batch):
         x = images[start : start + per_batch].to(runtime.device, non_blocking=True)
         y = labels[start : start + per_batch].to(runtime.device, non_blocking=True)
