@@ -512,7 +512,7 @@ def main() -> int:
     for key, rel, shape in compare(ours, theirs):
         worst = max(worst, rel)
         print(f"{key:18s} {str(shape):14s} max relative difference {rel:.2e}  {'ok' if rel <= TOLERANCE else 'DIFFERS'}")
-    print(f"{'lora':18s} not compared: the release's LoRA adapts q and v only (x + x A B / r, A kaiming-uniform), "
+    print(f"{'lora':18s} not compared: the release's LoRA adapts q and v only (q + x A B / r, A kaiming-uniform), "
           "longtail's (peft) every attention and MLP projection (B A, alpha = r); a different method, named in "
           "docs/foundation-models.md")
     if args.write:
