@@ -223,6 +223,10 @@ def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp
         evaluate_checkpoint(config, overrides=["model.finetune=adapter"])
     # eval.tte=flip through evaluate: the argmax of the mean of the image's and its mirror's logits
     from longtail.evaluation import load_outputs
+    from longtail.run import run_directory
+
+    with pytest.raises(LongtailError, match="evaluate --json FILE"):
+        run_directory(config)
 
     flipped = load_outputs(config, ["eval.tte=flip"], splits=("test",)).split("test")["logits"]
     with torch.no_grad():

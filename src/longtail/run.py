@@ -62,15 +62,14 @@ def run_directory(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
+    if path.suffix.lower() in (".yaml", ".yml"):  # a zero-shot config (zeroshot.py) is no run: nowhere to write
+        raise LongtailError(f"'{path}' is a zero-shot config, not a run directory, so there is nowhere to write; "
+                            "give the output file instead (evaluate --json FILE, export --out FILE)")
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
-    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied; a config
-    file with model.finetune=zero_shot is CLIP's zero-shot classifier, built from it (zeroshot.py)."""
-    from .zeroshot import is_config_file, zero_shot_run
-    if is_config_file(path):
-        return zero_shot_run(path, overrides)
+    """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     try:

@@ -25,6 +25,14 @@ def is_config_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in CONFIG_SUFFIXES and Path(path).is_file()
 
 
+def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
+    """run.load_run of a run directory or checkpoint; for a config file, the zero-shot classifier it describes.
+    evaluate, tune, shift, predict and export read runs through this."""
+    from . import run
+
+    return zero_shot_run(path, overrides) if is_config_file(path) else run.load_run(path, overrides)
+
+
 def zero_shot_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, dict, Path]:
     """(config, checkpoint, path) of the zero-shot classifier a config describes, as run.load_run returns a saved run's."""
     from .data import build_data
