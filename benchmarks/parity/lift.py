@@ -159,27 +159,36 @@ def _longtail_model(weights: Path, finetune: str, **extra: Any):
     return create_model(cfg, len(CLASSES), 3).eval(), cfg
 
 
-def _set_adapters(model: Any, blocks: list[dict[str, torch.Tensor]]) -> None:
-    from longtail.models.adapter import ParallelAdapter
+ADAPTER_KEYS = ("ln.weight", "ln.bias", "down.weight", "down.bias", "up.weight", "up.bias", "scale")
+LAYER_NAMES = {"longtail": {"ln": "norm", "down": "down", "up": "up"},  # models/adapter.py's AdaptFormer
+               "release": {"ln": "ln", "down": "down_proj", "up": "up_proj"}}  # the release's models/peft_modules.py
 
-    adapters = [m.adapter for m in model.modules() if isinstance(m, ParallelAdapter)]
+
+def adapter_params(adapter: Any, side: str) -> list[torch.Tensor]:
+    """An AdaptFormer's tensors in ADAPTER_KEYS order, for either side's layer names."""
+    names = LAYER_NAMES[side]
+    out = []
+    for key in ADAPTER_KEYS:
+        layer, _, leaf = key.partition(".")
+        out.append(getattr(getattr(adapter, names[layer]), leaf) if leaf else getattr(adapter, key))
+    return out
+
+
+def set_adapters(adapters: list[Any], side: str, blocks: list[dict[str, torch.Tensor]]) -> None:
     with torch.no_grad():
         for adapter, w in zip(adapters, blocks):
-            adapter.norm.weight.copy_(w["ln.weight"]), adapter.norm.bias.copy_(w["ln.bias"])
-            adapter.down.weight.copy_(w["down.weight"]), adapter.down.bias.copy_(w["down.bias"])
-            adapter.up.weight.copy_(w["up.weight"]), adapter.up.bias.copy_(w["up.bias"])
-            adapter.scale.copy_(w["scale"])
+            for param, key in zip(adapter_params(adapter, side), ADAPTER_KEYS):
+                param.copy_(w[key])
 
 
-def _adapter_tensors(model: Any) -> torch.Tensor:
+def adapter_tensors(adapters: list[Any], side: str) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for a in adapters for p in adapter_params(a, side)])
+
+
+def _adapters(model: Any) -> list[Any]:
     from longtail.models.adapter import ParallelAdapter
 
-    parts = []
-    for m in model.modules():
-        if isinstance(m, ParallelAdapter):
-            a = m.adapter
-            parts += [a.norm.weight, a.norm.bias, a.down.weight, a.down.bias, a.up.weight, a.up.bias, a.scale]
-    return torch.cat([p.detach().flatten() for p in parts])
+    return [m.adapter for m in model.modules() if isinstance(m, ParallelAdapter)]
 
 
 def _block_biases(model: Any) -> torch.Tensor:
@@ -235,7 +244,7 @@ def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
         plain, _ = _longtail_model(weights, "linear")
         out["features"] = plain(x)["features"]
         model, cfg = _longtail_model(weights, "adapter")
-        _set_adapters(model, adapter_weights())
+        set_adapters(_adapters(model), "longtail", adapter_weights())
         out["adapter_features"] = model(x)["features"]
         model.classifier.weight.copy_(head_weight())
         out["cosine_logits"] = model(x)["logits"]
@@ -245,9 +254,9 @@ def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
 
     trained, cfg = _longtail_model(weights, "adapter", head_init="text")
     initialise_head(trained, "text", ctx)
-    _set_adapters(trained, recipe_adapter_init())
+    set_adapters(_adapters(trained), "longtail", recipe_adapter_init())
     _sgd_steps(trained, cfg, x, y)
-    out["sgd_adapter"] = _adapter_tensors(trained)
+    out["sgd_adapter"] = adapter_tensors(_adapters(trained), "longtail")
     out["sgd_adapter_head"] = trained.classifier.weight.detach().clone()
 
     biased, cfg = _longtail_model(weights, "block_bias", head_init="text")
@@ -374,22 +383,6 @@ def _release_clip(lift: Any) -> Any:
     return lift.clip_model.build_model(clip_state_dict()).float()
 
 
-def _release_set_adapters(tuner: Any, blocks: list[dict[str, torch.Tensor]]) -> None:
-    with torch.no_grad():
-        for a, w in zip(tuner.adaptformer_list, blocks):
-            a.ln.weight.copy_(w["ln.weight"]), a.ln.bias.copy_(w["ln.bias"])
-            a.down_proj.weight.copy_(w["down.weight"]), a.down_proj.bias.copy_(w["down.bias"])
-            a.up_proj.weight.copy_(w["up.weight"]), a.up_proj.bias.copy_(w["up.bias"])
-            a.scale.copy_(w["scale"])
-
-
-def _release_adapter_tensors(tuner: Any) -> torch.Tensor:
-    parts = []
-    for a in tuner.adaptformer_list:
-        parts += [a.ln.weight, a.ln.bias, a.down_proj.weight, a.down_proj.bias, a.up_proj.weight, a.up_proj.bias, a.scale]
-    return torch.cat([p.detach().flatten() for p in parts])
-
-
 def _release_sgd(lift: Any, trainer: Any, x: torch.Tensor, y: torch.Tensor) -> None:
     """The release's own optimizer, scheduler and criterion (Trainer.build_optimizer / build_criterion), and 3
     steps of its float32 training step (trainer.py `train`, prec fp32, one micro-batch per step)."""
@@ -428,7 +421,7 @@ def release_outputs(release: Path) -> dict[str, torch.Tensor]:
         trainer = _release_trainer(lift, _release_cfg(lift, release, adaptformer=True), _release_clip(lift))
         model = trainer.model.eval()
         out["features"] = model(x, use_tuner=False, return_feature=True)
-        _release_set_adapters(trainer.tuner, adapter_weights())
+        set_adapters(trainer.tuner.adaptformer_list, "release", adapter_weights())
         out["adapter_features"] = model(x, return_feature=True)
         trainer.head.weight.copy_(head_weight())
         out["cosine_logits"] = model(x)
@@ -439,9 +432,9 @@ def release_outputs(release: Path) -> dict[str, torch.Tensor]:
 
     trainer = _release_trainer(lift, _release_cfg(lift, release, adaptformer=True), _release_clip(lift))
     T.init_head_text_feat(trainer)
-    _release_set_adapters(trainer.tuner, recipe_adapter_init())
+    set_adapters(trainer.tuner.adaptformer_list, "release", recipe_adapter_init())
     _release_sgd(lift, trainer, x, y)
-    out["sgd_adapter"] = _release_adapter_tensors(trainer.tuner)
+    out["sgd_adapter"] = adapter_tensors(trainer.tuner.adaptformer_list, "release")
     out["sgd_adapter_head"] = trainer.head.weight.detach().clone()
 
     trainer = _release_trainer(lift, _release_cfg(lift, release, bias_tuning=True), _release_clip(lift))
@@ -454,7 +447,7 @@ def release_outputs(release: Path) -> dict[str, torch.Tensor]:
     for mode in ("fivecrop", "tencrop"):
         trainer = _release_trainer(lift, _release_cfg(lift, release, adaptformer=True, tte=True, tte_mode=mode, expand=EXPAND),
                                    _release_clip(lift))
-        _release_set_adapters(trainer.tuner, adapter_weights())
+        set_adapters(trainer.tuner.adaptformer_list, "release", adapter_weights())
         with torch.no_grad():
             trainer.head.weight.copy_(head_weight())
             T.init_head_text_feat(trainer)
