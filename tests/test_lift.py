@@ -5,6 +5,7 @@ per-epoch schedule, and the LIFT configs' recipe."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,7 @@ def tiny_clip_file(tmp_path_factory) -> Path:
 
     spec = importlib.util.spec_from_file_location("lift_parity_harness", REPO / "benchmarks" / "parity" / "lift.py")
     harness = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = harness  # timm's register_model looks its module up there
     spec.loader.exec_module(harness)
     folder = tmp_path_factory.mktemp("lift_clip")
     harness.register_model(folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ HARNESS = REPO / "benchmarks" / "parity" / "lift.py"
 def _harness():
     spec = importlib.util.spec_from_file_location("lift_parity_harness", HARNESS)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # timm's register_model looks its module up there
     spec.loader.exec_module(module)
     return module
 
@@ -33,6 +35,6 @@ def test_longtail_matches_the_released_lift_outputs(tmp_path):
     ours = harness.longtail_outputs(tmp_path)
     assert set(theirs) <= set(ours)
     lines = harness.compare(ours, theirs)
-    assert len(lines) == 13
+    assert len(lines) == 18
     worst = {key: rel for key, rel, _ in lines if not rel <= harness.TOLERANCE}
     assert not worst, f"longtail differs from the release beyond {harness.TOLERANCE} relative: {worst}"

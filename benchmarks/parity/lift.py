@@ -11,11 +11,13 @@ as an OpenAI-format state dict. The release builds it with its own `clip.model.b
 (open_clip). One line per comparison, max |a - b| / max |b| (relative to the release's values); the exit code is
 1 when any exceeds 1e-5.
 
-Compared: pre-projection features; AdaptFormer outputs (equal adapter weights); cosine-head logits (scale 25);
+Compared on the CLIP ViT: pre-projection features; AdaptFormer outputs (equal adapter weights); cosine-head logits (scale 25);
 the text-feature head initialisation (through proj.t()); the LA loss; the trained tensors after 3 SGD steps of
 the released recipe (adapter, and bias tuning); test-time-ensembled logits (fivecrop and tencrop over images
 whose short side is already resolution + expand, the release's transform); zero-shot logits; the evaluation
-resize (the release's resolution * 8 // 7 against longtail's floor(S / data.crop_pct), by hand).
+resize (the release's resolution * 8 // 7 against longtail's floor(S / data.crop_pct), by hand). On a small random
+timm ViT (the IN21K-ViT path, `PeftModelFromViT`): features, AdaptFormer + cosine logits, the class-mean head
+initialisation, the trained tensors after 3 SGD steps.
 
 The release's metrics (sklearn, scipy) and its linear-probe initialisation are not compared; `yacs`, `sklearn`
 and `scipy` are replaced by stand-ins while its modules are imported, so it needs no install beyond longtail's
@@ -87,6 +89,10 @@ def clip_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
 
     cfg = open_clip_config()
     shapes = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=True).state_dict()
+    return _random_like(shapes, seed)
+
+
+def _random_like(shapes: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, ref in shapes.items():
@@ -94,17 +100,44 @@ def clip_state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
         leaf = key.rsplit(".", 1)[-1]
         if key == "logit_scale":
             value = torch.tensor(math.log(1 / 0.07))
-        elif ("ln_" in key or "ln_final" in key) and leaf == "weight":
+        elif ("ln_" in key or "norm" in key) and leaf == "weight":
             value = 1 + 0.1 * n
         elif leaf == "bias" or key.endswith("in_proj_bias"):
             value = 0.1 * n
-        elif key.endswith(("class_embedding", "positional_embedding", "token_embedding.weight")):
+        elif key.endswith(("class_embedding", "positional_embedding", "token_embedding.weight", "cls_token", "pos_embed")):
             value = 0.5 * n
         else:
             fan_in = ref.shape[0] if key.endswith(("proj", "text_projection")) else int(np.prod(ref.shape[1:]))
             value = n / math.sqrt(fan_in)
         out[key] = value.half().float()
     return out
+
+
+VIT_NAME = "lift_parity_vit32"  # a small timm ViT for the IN21K-ViT path (timm's VisionTransformer, registered below)
+
+
+def register_vit() -> None:
+    """timm's VisionTransformer at 32 px, patch 8, width 64, 2 blocks, 1 head, as `timm/lift_parity_vit32`."""
+    import timm
+
+    def lift_parity_vit32(pretrained: bool = False, **kwargs: Any) -> Any:
+        from timm.models.vision_transformer import VisionTransformer
+
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+        return VisionTransformer(**{**dict(img_size=DIMS["image"], patch_size=DIMS["patch"], embed_dim=DIMS["width"],
+                                           depth=DIMS["layers"], num_heads=1), **kwargs})
+
+    if not timm.is_model(VIT_NAME):
+        timm.models.register_model(lift_parity_vit32)
+
+
+def vit_state_dict(seed: int = SEED + 6) -> dict[str, torch.Tensor]:
+    """The random timm ViT's weights (no classification head), drawn as clip_state_dict draws CLIP's."""
+    import timm
+
+    register_vit()
+    shapes = timm.create_model(VIT_NAME, num_classes=0).state_dict()
+    return _random_like(shapes, seed)
 
 
 def images(seed: int = SEED + 1) -> torch.Tensor:
@@ -223,6 +256,34 @@ def _sgd_steps(model: Any, model_cfg: Any, x: torch.Tensor, y: torch.Tensor) -> 
         scheduler.step()
 
 
+def _longtail_vit(folder: Path, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The IN21K-ViT path on the random timm ViT: features, AdaptFormer + cosine logits, class-mean head, 3 SGD steps."""
+    from longtail.config import ModelConfig
+    from longtail.models import create_model
+    from longtail.models.head_init import initialise_head
+
+    register_vit()
+    weights = folder / "vit.pt"
+    torch.save(vit_state_dict(), weights)
+    cfg = ModelConfig(name=f"timm/{VIT_NAME}", pretrained=str(weights), finetune="adapter", classifier="cosine",
+                      scale=RECIPE["scale"], adapter_dim=ADAPTER_DIM, head_init="class_means")
+    out = {}
+    model = create_model(cfg, len(CLASSES), 3).eval()
+    with torch.no_grad():
+        out["vit_features"] = model(x)["features"]
+        set_adapters(_adapters(model), "longtail", adapter_weights())
+        model.classifier.weight.copy_(head_weight())
+        out["vit_adapter_logits"] = model(x)["logits"]
+    model = create_model(cfg, len(CLASSES), 3).eval()
+    initialise_head(model, "class_means", {"batches": lambda: [(x, y)], "num_classes": len(CLASSES), "device": torch.device("cpu")})
+    out["vit_class_mean_head"] = model.classifier.weight.detach().clone()
+    set_adapters(_adapters(model), "longtail", recipe_adapter_init())
+    _sgd_steps(model, cfg, x, y)
+    out["vit_sgd_adapter"] = adapter_tensors(_adapters(model), "longtail")
+    out["vit_sgd_head"] = model.classifier.weight.detach().clone()
+    return out
+
+
 def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
     """Every compared quantity, computed by longtail alone (float32, CPU)."""
     from longtail import tte
@@ -278,6 +339,8 @@ def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
         views = torch.stack([tte.preprocessing(prep, run_cfg)(image) for image in tte_images()])
         out[f"tte_{mode}"] = predict(model, [(views, y)], run_cfg, runtime)["logits"]
 
+    out.update(_longtail_vit(folder, x, y))
+
     zero, _ = _longtail_model(weights, "zero_shot")
     initialise_head(zero, "text", ctx)
     with torch.no_grad():
@@ -321,13 +384,13 @@ def _import_release(release: Path) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{n.replace(".", "_"): importlib.import_module(n) for n in names})
 
 
-def _release_cfg(lift: Any, release: Path, **overrides: Any) -> _Node:
-    """The release's defaults (utils/config.py), then configs/model/clip_vit_b16.yaml, then the overrides, as
-    main.py merges them."""
+def _release_cfg(lift: Any, release: Path, model: str = "clip_vit_b16", **overrides: Any) -> _Node:
+    """The release's defaults (utils/config.py), then configs/model/<model>.yaml, then the overrides, as main.py
+    merges them."""
     import yaml
 
     cfg = _Node(lift.utils_config._C)
-    for key, value in yaml.safe_load((release / "configs" / "model" / "clip_vit_b16.yaml").read_text()).items():
+    for key, value in yaml.safe_load((release / "configs" / "model" / f"{model}.yaml").read_text()).items():
         cfg[key] = _literal(value)
     cfg.update({"resolution": DIMS["image"], "num_workers": 0, "adapter_dim": ADAPTER_DIM, "prec": "fp32", "gpu": None,
                 "dataset": "ParityImages", "root": ""})
@@ -373,6 +436,9 @@ def _release_trainer(lift: Any, cfg: _Node, clip_model: Any) -> Any:
     if cfg.zero_shot:
         trainer.model = lift.models.ZeroShotCLIP(clip_model)
         trainer.tuner = trainer.head = None
+    elif cfg.backbone.startswith("IN21K-ViT"):  # clip_model is then a timm ViT
+        trainer.model = lift.models.PeftModelFromViT(cfg, clip_model, len(CLASSES))
+        trainer.tuner, trainer.head = trainer.model.tuner, trainer.model.head
     else:
         trainer.model = lift.models.PeftModelFromCLIP(cfg, clip_model, len(CLASSES))
         trainer.tuner, trainer.head = trainer.model.tuner, trainer.model.head
@@ -409,6 +475,34 @@ class _Collect:
 
     def evaluate(self) -> dict:
         return {"acc": 0.0}
+
+
+def _release_vit(lift: Any, release: Path, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The release's IN21K-ViT path (PeftModelFromViT, configs/model/in21k_vit_b16.yaml) on the same timm ViT."""
+    import timm
+
+    def vit() -> Any:
+        model = timm.create_model(VIT_NAME, num_classes=0)
+        model.load_state_dict(vit_state_dict())
+        return model.eval()
+
+    cfg = _release_cfg(lift, release, "in21k_vit_b16", adaptformer=True)
+    out = {}
+    trainer = _release_trainer(lift, cfg, vit())
+    with torch.no_grad():
+        out["vit_features"] = trainer.model(x, use_tuner=False, return_feature=True)
+        set_adapters(trainer.tuner.adaptformer_list, "release", adapter_weights())
+        trainer.head.weight.copy_(head_weight())
+        out["vit_adapter_logits"] = trainer.model(x)
+    trainer = _release_trainer(lift, cfg, vit())
+    trainer.train_init_loader = [(x, y)]  # the same normalised images as longtail's class means see
+    lift.trainer.Trainer.init_head_class_mean(trainer)
+    out["vit_class_mean_head"] = trainer.head.weight.detach().clone()
+    set_adapters(trainer.tuner.adaptformer_list, "release", recipe_adapter_init())
+    _release_sgd(lift, trainer, x, y)
+    out["vit_sgd_adapter"] = adapter_tensors(trainer.tuner.adaptformer_list, "release")
+    out["vit_sgd_head"] = trainer.head.weight.detach().clone()
+    return out
 
 
 def release_outputs(release: Path) -> dict[str, torch.Tensor]:
@@ -454,6 +548,8 @@ def release_outputs(release: Path) -> dict[str, torch.Tensor]:
         trainer.evaluator = _Collect()
         T.test(trainer)
         out[f"tte_{mode}"] = torch.cat(trainer.evaluator.outputs)
+
+    out.update(_release_vit(lift, release, x, y))
 
     trainer = _release_trainer(lift, _release_cfg(lift, release, zero_shot=True), _release_clip(lift))
     trainer.model.init_text_features(T.get_tokenized_prompts(trainer, CLASSES, "a photo of a {}."))
