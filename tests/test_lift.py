@@ -198,6 +198,28 @@ def test_block_bias_trains_the_blocks_biases_and_bias_every_bias(tiny_clip_file)
     assert trained["bias"] == trained["block_bias"] | {"backbone.ln_pre.bias", "backbone.ln_post.bias"}
 
 
+def test_lora_qv_changes_queries_and_values_only_and_merges_for_export(tiny_clip_file):
+    from longtail.config import ModelConfig
+    from longtail.models import create_model
+    from longtail.models.lora import QVLoRA, merge_lora
+
+    cfg = ModelConfig(name="clip/lift-parity-tiny", pretrained=str(tiny_clip_file), finetune="lora_qv", lora_rank=2)
+    model = create_model(cfg, 3, 3).eval()
+    lora = next(m for m in model.modules() if isinstance(m, QVLoRA))
+    attn = model.backbone.transformer.resblocks[0].attn
+    base = attn.parametrizations.in_proj_weight.original.detach().clone()
+    with torch.no_grad():
+        lora.lora_B_q.normal_(), lora.lora_B_v.normal_()
+        delta = attn.in_proj_weight - base  # rows: q (64), k (64), v (64)
+        by_hand_q = (lora.lora_A_q @ lora.lora_B_q).t() / 2  # x A B / r as a weight: (A B)^T / r
+        assert torch.allclose(delta[:64], by_hand_q, atol=1e-6) and not delta[64:128].any()
+        assert torch.allclose(delta[128:], (lora.lora_A_v @ lora.lora_B_v).t() / 2, atol=1e-6)
+        x = torch.randn(2, 3, 32, 32)
+        before = model(x)["logits"]
+        assert merge_lora(model) == 2 and not any(isinstance(m, QVLoRA) for m in model.modules())
+        assert torch.allclose(model(x)["logits"], before, atol=1e-6)
+
+
 def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp_path):
     from longtail.evaluation import evaluate_checkpoint
 

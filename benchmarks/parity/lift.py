@@ -13,7 +13,8 @@ as an OpenAI-format state dict. The release builds it with its own `clip.model.b
 
 Compared on the CLIP ViT: pre-projection features; AdaptFormer outputs (equal adapter weights); cosine-head logits (scale 25);
 the text-feature head initialisation (through proj.t()); the LA loss; the trained tensors after 3 SGD steps of
-the released recipe (adapter, and bias tuning); test-time-ensembled logits (fivecrop and tencrop over images
+the released recipe (AdaptFormer, bias tuning against longtail's block_bias, LoRA on q and v against lora_qv); LoRA
+logits with equal LoRA weights; test-time-ensembled logits (fivecrop and tencrop over images
 whose short side is already resolution + expand, the release's transform); zero-shot logits; the evaluation
 resize (the release's resolution * 8 // 7 against longtail's floor(S / data.crop_pct), by hand). On a small random
 timm ViT (the IN21K-ViT path, `PeftModelFromViT`): features, AdaptFormer + cosine logits, the class-mean head
@@ -163,6 +164,46 @@ def adapter_weights(seed: int = SEED + 3) -> list[dict[str, torch.Tensor]]:
              "down.weight": torch.randn(d, w, generator=g) / 8, "down.bias": 0.1 * torch.randn(d, generator=g),
              "up.weight": torch.randn(w, d, generator=g) / 2, "up.bias": 0.1 * torch.randn(w, generator=g),
              "scale": torch.tensor([0.7])} for _ in range(DIMS["layers"])]
+
+
+def lora_weights(seed: int = SEED + 7, init: bool = False) -> list[dict[str, torch.Tensor]]:
+    """LoRA (q, v) weights per block: random A and B (the forward comparison), or (init) the release's start, A
+    kaiming-uniform with a = sqrt 5 on a (D x r) tensor (bound 1 / sqrt r) and B zero."""
+    g = torch.Generator().manual_seed(seed)
+    w, r = DIMS["width"], ADAPTER_DIM
+    blocks = []
+    for _ in range(DIMS["layers"]):
+        a = {k: (2 * torch.rand(w, r, generator=g) - 1) / math.sqrt(r) for k in ("A_q", "A_v")}
+        b = {k: torch.zeros(r, w) if init else 0.2 * torch.randn(r, w, generator=g) for k in ("B_q", "B_v")}
+        blocks.append({**a, **b})
+    return blocks
+
+
+LORA_KEYS = ("A_q", "B_q", "A_v", "B_v")
+
+
+def lora_params(block: Any, side: str) -> list[torch.Tensor]:
+    """A block's LoRA tensors in LORA_KEYS order: longtail's QVLoRA or the release's {'q': LoRA, 'v': LoRA}."""
+    if side == "longtail":
+        return [getattr(block, f"lora_{k}") for k in LORA_KEYS]
+    return [getattr(block[k[-1]], f"lora_{k[0]}") for k in LORA_KEYS]
+
+
+def set_lora(blocks: list[Any], side: str, weights: list[dict[str, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for block, w in zip(blocks, weights):
+            for param, key in zip(lora_params(block, side), LORA_KEYS):
+                param.copy_(w[key])
+
+
+def lora_tensors(blocks: list[Any], side: str) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for b in blocks for p in lora_params(b, side)])
+
+
+def _qv_loras(model: Any) -> list[Any]:
+    from longtail.models.lora import QVLoRA
+
+    return [m for m in model.modules() if isinstance(m, QVLoRA)]
 
 
 def head_weight(seed: int = SEED + 4) -> torch.Tensor:
@@ -325,6 +366,16 @@ def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
     _sgd_steps(biased, cfg, x, y)
     out["sgd_bias"] = _block_biases(biased)
     out["sgd_bias_head"] = biased.classifier.weight.detach().clone()
+
+    lq, cfg = _longtail_model(weights, "lora_qv", lora_rank=ADAPTER_DIM, head_init="text")
+    initialise_head(lq, "text", ctx)
+    set_lora(_qv_loras(lq), "longtail", lora_weights())
+    with torch.no_grad():
+        out["lora_logits"] = lq(x)["logits"]
+    set_lora(_qv_loras(lq), "longtail", lora_weights(init=True))
+    _sgd_steps(lq, cfg, x, y)
+    out["sgd_lora"] = lora_tensors(_qv_loras(lq), "longtail")
+    out["sgd_lora_head"] = lq.classifier.weight.detach().clone()
 
     # test-time ensembling: longtail predict's views of each uint8 image, through inference.predict
     from longtail.deployment import Preprocessing
@@ -537,6 +588,16 @@ def release_outputs(release: Path) -> dict[str, torch.Tensor]:
     out["sgd_bias"] = _biases_by_name(trainer.model.image_encoder.blocks)
     out["sgd_bias_head"] = trainer.head.weight.detach().clone()
 
+    trainer = _release_trainer(lift, _release_cfg(lift, release, lora=True), _release_clip(lift))
+    T.init_head_text_feat(trainer)
+    set_lora(trainer.tuner.lora_list, "release", lora_weights())
+    with torch.no_grad():
+        out["lora_logits"] = trainer.model(x)
+    set_lora(trainer.tuner.lora_list, "release", lora_weights(init=True))
+    _release_sgd(lift, trainer, x, y)
+    out["sgd_lora"] = lora_tensors(trainer.tuner.lora_list, "release")
+    out["sgd_lora_head"] = trainer.head.weight.detach().clone()
+
     # test-time ensembling: the release's transform_test (tte True, expand) and Trainer.test's averaging
     for mode in ("fivecrop", "tencrop"):
         trainer = _release_trainer(lift, _release_cfg(lift, release, adaptformer=True, tte=True, tte_mode=mode, expand=EXPAND),
@@ -601,9 +662,6 @@ def main() -> int:
     for key, rel, shape in compare(ours, theirs):
         worst = max(worst, rel)
         print(f"{key:18s} {str(shape):14s} max relative difference {rel:.2e}  {'ok' if rel <= TOLERANCE else 'DIFFERS'}")
-    print(f"{'lora':18s} not compared: the release's LoRA adapts q and v only (q + x A B / r, A kaiming-uniform), "
-          "longtail's (peft) every attention and MLP projection (B A, alpha = r); a different method, named in "
-          "docs/foundation-models.md")
     if args.write:
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
         FIXTURE.write_text(json.dumps(fixture_payload(theirs, args.release)) + "\n")

@@ -83,11 +83,13 @@ class ModelConfig:
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
     scale: float = 30.0  # s of a cosine classifier (LIFT's code uses 25 with CLIP)
     # which parameters train (models/finetune.py): full (all) | linear (the classifier only) | bias (every bias and the
-    # classifier, BitFit) | block_bias (the biases inside the transformer blocks + classifier, LIFT's bias_tuning) | lora (peft's LoRA on the attention and MLP projections + classifier) | adapter (an
-    # AdaptFormer bottleneck in parallel with each MLP block + classifier); lora and adapter need a transformer backbone;
-    # zero_shot (clip/ models): nothing trains, the head is CLIP's, the text embeddings of model.prompt (evaluate only)
+    # classifier, BitFit) | block_bias (the biases inside the transformer blocks + classifier, LIFT's bias_tuning) |
+    # lora (peft's LoRA on the attention and MLP projections + classifier) | lora_qv (LIFT's LoRA on the queries and
+    # values + classifier) | adapter (an AdaptFormer bottleneck in parallel with each MLP block + classifier); lora,
+    # lora_qv and adapter need a transformer backbone; zero_shot (clip/ models): nothing trains, the head is CLIP's,
+    # the text embeddings of model.prompt (evaluate only)
     finetune: str = "full"
-    lora_rank: int = 8  # model.finetune=lora: rank r of each LoRA update (peft's lora_alpha = r, so the update is B A)
+    lora_rank: int = 8  # model.finetune=lora / lora_qv: rank r of each LoRA update (lora: alpha = r, so B A; lora_qv: x A B / r)
     adapter_dim: Optional[int] = None  # model.finetune=adapter: bottleneck width; null: LIFT's 2**floor(log2(C / 2L))
     # how the classifier starts (models/head_init.py): random | class_means (the normalised mean feature of each class
     # over the training set, one pass) | text (clip/ models: the normalised text embedding of "a photo of a {name}.")
@@ -198,7 +200,7 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
                    "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts", "resnet152_experts",
                    "resnet32_keras", "resnet18_cifar", "resnet34_cifar"),
     "loss.name": ("ce", "la", "gala", "bagmar", "balanced_softmax", "lgla", "ldam_drw"),
-    "model.finetune": ("full", "linear", "bias", "block_bias", "lora", "adapter", "zero_shot"),
+    "model.finetune": ("full", "linear", "bias", "block_bias", "lora", "lora_qv", "adapter", "zero_shot"),
     "model.head_init": ("random", "class_means", "text"),
 }
 # Names a key also takes by prefix: any timm network as timm/<name> (models/timm_models.py), any open_clip

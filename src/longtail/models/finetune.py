@@ -6,6 +6,7 @@
     block_bias  the biases inside the transformer blocks and the classifier (LIFT's `bias_tuning`: not the patch
              embedding's, nor the LayerNorms before and after the blocks)
     lora     LoRA updates of the attention and MLP projections (lora.py, through peft) and the classifier
+    lora_qv  LIFT's LoRA: low-rank updates of the queries and values only (lora.py, no peft) and the classifier
     adapter  an AdaptFormer beside each MLP block (adapter.py) and the classifier
     zero_shot  nothing (clip/ models): CLIP's own classifier, the text embeddings of model.prompt at CLIP's
              temperature (clip_models.py); evaluated from the config itself (zeroshot.py), never trained
@@ -34,7 +35,7 @@ from ..config import ModelConfig
 from ..errors import LongtailError
 from .adapter import add_adapters, adapter_blocks, lift_adapter_dim
 from .freeze import mark_frozen
-from .lora import add_lora
+from .lora import add_lora, add_qv_lora
 
 HEAD = "classifier."
 
@@ -47,6 +48,10 @@ class Finetune:
 
 def _lora(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
     add_lora(model, cfg.lora_rank, cfg.name)
+
+
+def _lora_qv(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
+    add_qv_lora(model, cfg.lora_rank, cfg.name)
 
 
 def _adapter(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
@@ -84,6 +89,7 @@ FINETUNE: dict[str, Finetune] = {
     "bias": Finetune(None, lambda name: name.endswith("bias")),  # also nn.MultiheadAttention's in_proj_bias
     "block_bias": Finetune(_block_bias, _in_block_bias),
     "lora": Finetune(_lora, lambda name: ".lora_" in name),
+    "lora_qv": Finetune(_lora_qv, lambda name: ".lora_" in name),
     "adapter": Finetune(_adapter, lambda name: ".adapter." in name),
     "zero_shot": Finetune(_zero_shot, lambda name: False),  # its checkpoint keeps the text rows of the head
 }
