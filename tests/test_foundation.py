@@ -436,7 +436,7 @@ def test_text_init_needs_a_text_tower_and_class_names(files, tiny_clip):
 
 
 def test_config_keys_are_checked():
-    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, block_bias, lora, adapter, zero_shot"):
+    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, block_bias, lora, lora_qv, adapter, zero_shot"):
         load_config(None, ["model.finetune=prompt"])
     with pytest.raises(LongtailError, match="model.head_init' must be one of random, class_means, text"):
         load_config(None, ["model.head_init=zero"])
