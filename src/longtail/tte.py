@@ -36,7 +36,8 @@ def five_crop_offsets(height: int, width: int, size: int) -> list[tuple[int, int
     """(top, left) of torchvision's FiveCrop(size) on a height x width image: top-left, top-right, bottom-left,
     bottom-right, centre (the centre offset rounded as CenterCrop rounds it)."""
     if size > height or size > width:
-        raise LongtailError(f"eval.tte crops of {size} px do not fit an image of {height} x {width}; raise eval.tte_expand to 0 or more")
+        raise LongtailError(f"eval.tte crops of {size} px do not fit a {height} x {width} image; the views are cut from the image "
+                            "resized to the crop size + eval.tte_expand (>= 0)")
     bottom, right = height - size, width - size
     centre = (int(round(bottom / 2.0)), int(round(right / 2.0)))
     return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
