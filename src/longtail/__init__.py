@@ -1,6 +1,6 @@
 """longtail: train and evaluate image classifiers on long-tailed data."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import LongtailError
 
