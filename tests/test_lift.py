@@ -220,9 +220,10 @@ def test_lora_qv_changes_queries_and_values_only_and_merges_for_export(tiny_clip
         assert torch.allclose(model(x)["logits"], before, atol=1e-6)
 
 
-def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp_path):
-    from longtail.evaluation import evaluate_checkpoint
-
+@pytest.fixture(scope="module")
+def zero_shot_config(tiny_clip_file, tmp_path_factory) -> Path:
+    """A zero-shot config of the random CLIP on a generated CIFAR-10-LT (4 training, 3 test images per class)."""
+    tmp_path = tmp_path_factory.mktemp("zero_shot")
     root = write_fake_cifar(tmp_path / "data", "cifar10", train_per_class=4, test_per_class=3)
     config = tmp_path / "zs.yaml"
     config.write_text(
@@ -230,6 +231,13 @@ def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp
         f"  root: {root}\ndata:\n  num_workers: 0\n  pipeline: loader\n"
         f"model:\n  name: clip/lift-parity-tiny\n  pretrained: {tiny_clip_file}\n  finetune: zero_shot\n"
         "train:\n  amp: false\n  channels_last: false\neval:\n  batch_size: 8\ndevice: cpu\n")
+    return config
+
+
+def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(zero_shot_config, tiny_clip_file):
+    from longtail.evaluation import evaluate_checkpoint
+
+    config = zero_shot_config
     metrics = evaluate_checkpoint(config)
     # by hand: CLIP's zero-shot argmax on the same normalised test images
     from longtail.data import build_data
@@ -257,6 +265,32 @@ def test_evaluate_a_zero_shot_config_gives_the_zero_shot_row(tiny_clip_file, tmp
         cosines = [nn.functional.normalize(clip.encode_image(v), dim=-1) @ text.t() for v in (x, x.flip(-1))]
     assert torch.allclose(flipped, clip.logit_scale.exp() * (cosines[0] + cosines[1]) / 2, atol=1e-4)
     assert not torch.allclose(flipped, clip.logit_scale.exp() * cosines[0], atol=1e-3)
+
+
+def test_predict_averages_the_fivecrop_logits_of_an_image_file(zero_shot_config, tiny_clip_file, tmp_path):
+    import json
+
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from longtail.predict import predict_paths
+
+    array = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)  # short side 32 + 8: no resize
+    Image.fromarray(array).save(tmp_path / "a.png")
+    predict_paths(zero_shot_config, [tmp_path / "a.png"], out=tmp_path / "p.json", top_k=10, progress=False,
+                  overrides=["eval.tte=fivecrop", "eval.tte_expand=8"])
+    row = json.loads((tmp_path / "p.json").read_text())["predictions"][0]
+    probs = torch.tensor([t["probability"] for t in sorted(row["top_k"], key=lambda t: t["index"])])
+    clip, tokenizer = _clip_reference(tiny_clip_file)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1), torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    crops = torch.stack([image[:, t : t + 32, l : l + 32] for t, l in [(0, 0), (0, 16), (8, 0), (8, 16), (4, 8)]])
+    with torch.no_grad():
+        text = nn.functional.normalize(clip.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
+        logits = clip.logit_scale.exp() * nn.functional.normalize(clip.encode_image((crops - mean) / std), dim=-1) @ text.t()
+    assert torch.allclose(probs, logits.mean(0).softmax(0), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- schedule and configs
