@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import types
@@ -42,11 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "lift_parity.json"
 TOLERANCE = 1e-5
+RELEASE_COMMIT = "661ead9b78368f05ba79abe4672d63154467f823"  # the release the fixture was recorded from
 
 SEED = 0
 MODEL = "lift-parity-tiny"  # open_clip config registered below
@@ -328,11 +327,10 @@ def _longtail_vit(folder: Path, x: torch.Tensor, y: torch.Tensor) -> dict[str, t
 def longtail_outputs(folder: Path) -> dict[str, torch.Tensor]:
     """Every compared quantity, computed by longtail alone (float32, CPU)."""
     from longtail import tte
-    from longtail.config import Config, EvalConfig
+    from longtail.config import Config, EvalConfig, LossConfig
     from longtail.distributed import Runtime
     from longtail.inference import predict
     from longtail.losses import create_loss
-    from longtail.config import LossConfig
     from longtail.models.head_init import initialise_head
 
     torch.manual_seed(SEED)
@@ -633,8 +631,7 @@ def compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> l
     return [(key, relative(ours[key], theirs[key]), tuple(theirs[key].shape)) for key in theirs]
 
 
-def fixture_payload(theirs: dict[str, torch.Tensor], release: Path) -> dict[str, Any]:
-    commit = os.environ.get("LIFT_COMMIT", "661ead9b78368f05ba79abe4672d63154467f823")
+def fixture_payload(theirs: dict[str, torch.Tensor], commit: str) -> dict[str, Any]:
     return {"release": "shijxcs/LIFT", "commit": commit, "seed": SEED, "dims": DIMS, "classes": CLASSES, "counts": COUNTS,
             "batch": BATCH, "adapter_dim": ADAPTER_DIM, "expand": EXPAND, "tte_shape": list(TTE_SHAPE), "recipe": RECIPE,
             "resolutions": list(RESOLUTIONS), "tolerance": TOLERANCE,
@@ -649,6 +646,7 @@ def load_fixture(path: Path = FIXTURE) -> dict[str, torch.Tensor]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--release", required=True, type=Path, help="a local copy of github.com/shijxcs/LIFT")
+    parser.add_argument("--commit", default=RELEASE_COMMIT, help="the release's commit, recorded in the fixture")
     parser.add_argument("--write", action="store_true", help=f"record the release's outputs in {FIXTURE.relative_to(ROOT)}")
     args = parser.parse_args()
     if not (args.release / "clip" / "model.py").is_file():
@@ -664,7 +662,7 @@ def main() -> int:
         print(f"{key:18s} {str(shape):14s} max relative difference {rel:.2e}  {'ok' if rel <= TOLERANCE else 'DIFFERS'}")
     if args.write:
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(fixture_payload(theirs, args.release)) + "\n")
+        FIXTURE.write_text(json.dumps(fixture_payload(theirs, args.commit)) + "\n")
         print(f"wrote {FIXTURE.relative_to(ROOT)}")
     return 0 if worst <= TOLERANCE else 1
 
