@@ -11,14 +11,14 @@ as an OpenAI-format state dict. The release builds it with its own `clip.model.b
 (open_clip). One line per comparison, max |a - b| / max |b| (relative to the release's values); the exit code is
 1 when any exceeds 1e-5.
 
-Compared on the CLIP ViT: pre-projection features; AdaptFormer outputs (equal adapter weights); cosine-head logits (scale 25);
-the text-feature head initialisation (through proj.t()); the LA loss; the trained tensors after 3 SGD steps of
-the released recipe (AdaptFormer, bias tuning against longtail's block_bias, LoRA on q and v against lora_qv); LoRA
-logits with equal LoRA weights; test-time-ensembled logits (fivecrop and tencrop over images
-whose short side is already resolution + expand, the release's transform); zero-shot logits; the evaluation
-resize (the release's resolution * 8 // 7 against longtail's floor(S / data.crop_pct), by hand). On a small random
-timm ViT (the IN21K-ViT path, `PeftModelFromViT`): features, AdaptFormer + cosine logits, the class-mean head
-initialisation, the trained tensors after 3 SGD steps.
+Compared on the CLIP ViT: pre-projection features; AdaptFormer outputs (equal adapter weights); cosine-head
+logits (scale 25); the text-feature head initialisation (through proj.t()); the LA loss; the trained tensors after
+3 SGD steps of the released recipe (AdaptFormer; bias tuning against longtail's block_bias; LoRA on q and v against
+lora_qv); LoRA logits with equal LoRA weights; test-time-ensembled logits (fivecrop and tencrop, the release's
+transform, on images whose short side is already resolution + expand, so neither side resizes); zero-shot logits;
+the evaluation resize (the release's resolution * 8 // 7 against floor(S / data.crop_pct), by hand). On a small
+random timm ViT (the IN21K-ViT path, `PeftModelFromViT`): features, AdaptFormer + cosine logits, the class-mean
+head initialisation, the trained tensors after 3 SGD steps.
 
 The release's metrics (sklearn, scipy) and its linear-probe initialisation are not compared; `yacs`, `sklearn`
 and `scipy` are replaced by stand-ins while its modules are imported, so it needs no install beyond longtail's
