@@ -353,11 +353,15 @@ def test_text_init_is_the_normalised_text_embedding_of_the_prompts(tiny_clip):
     tokens = open_clip.get_tokenizer("lt-tiny-clip")([f"a photo of a {n}." for n in names])
     with torch.no_grad():
         text = reference.encode_text(tokens)
-    assert torch.allclose(model.classifier.weight, text / text.norm(dim=1, keepdim=True), atol=1e-6)
-    # the image tower is CLIP's: same embedding as open_clip's encode_image
+    # the head sees the ViT's pre-projection features (as LIFT's): rows are the unit text embeddings mapped back
+    # through the image projection P (t P^T), normalised again
+    proj = reference.visual.proj.detach()
+    rows = text / text.norm(dim=1, keepdim=True) @ proj.t()
+    assert torch.allclose(model.classifier.weight, rows / rows.norm(dim=1, keepdim=True), atol=1e-6)
+    # the image tower is CLIP's: its features, projected, are open_clip's encode_image
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(model.eval()(x)["features"], reference.encode_image(x), atol=1e-5)
+        assert torch.allclose(model.eval()(x)["features"] @ proj, reference.encode_image(x), atol=1e-5)
     assert not any(k.startswith("text") or "token_embedding" in k for k in model.state_dict())
 
 
@@ -434,7 +438,7 @@ def test_text_init_needs_a_text_tower_and_class_names(files, tiny_clip):
 
 
 def test_config_keys_are_checked():
-    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, lora, adapter"):
+    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, block_bias, lora, lora_qv, adapter, zero_shot"):
         load_config(None, ["model.finetune=prompt"])
     with pytest.raises(LongtailError, match="model.head_init' must be one of random, class_means, text"):
         load_config(None, ["model.head_init=zero"])
@@ -464,10 +468,16 @@ def test_text_prompts_read_underscores_as_spaces():
 
     seen = []
 
-    class Model(nn.Module):
-        def text_tower(self, prompts, device):
+    class Tower:
+        def __call__(self, prompts, device):
             seen.extend(prompts)
             return torch.eye(len(prompts))
+
+        def to_head_space(self, text):
+            return text
+
+    class Model(nn.Module):
+        text_tower = Tower()
 
     text_features(Model(), ["maple_tree", "cat"], torch.device("cpu"))
     assert seen == ["a photo of a maple tree.", "a photo of a cat."]

@@ -40,7 +40,8 @@ from .metrics import class_names_of
 from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
 from .priors import log_target_prior, target_prior_scores
 from .input_spec import InputSpec
-from .run import calibrator_of, input_spec_of, load_run, restore_model, rule_of, training_counts
+from .run import calibrator_of, input_spec_of, restore_model, rule_of, training_counts
+from .zeroshot import load_run
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 

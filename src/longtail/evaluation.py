@@ -20,7 +20,8 @@ from .inference import predict_split
 from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
-from .run import check_bundle, fit_calibrator, load_data, load_run, restore_model, rule_of
+from .run import check_bundle, fit_calibrator, load_data, restore_model, rule_of
+from .zeroshot import load_run
 from .selection import protocol_fields
 
 

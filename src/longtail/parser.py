@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-config-change", action="store_true", help="resume even if the config changed")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run directory or checkpoint")
-    evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt), a .pt checkpoint, or a config with "
+                          "model.finetune=zero_shot (CLIP without training)")
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
     evaluate.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"],

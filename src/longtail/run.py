@@ -59,6 +59,9 @@ def run_directory(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
+    if path.suffix.lower() in (".yaml", ".yml"):  # a zero-shot config (zeroshot.py) is no run: nowhere to write
+        raise LongtailError(f"'{path}' is a zero-shot config, not a run directory, so there is nowhere to write; "
+                            "give the output file instead (evaluate --json FILE, export --out FILE)")
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
