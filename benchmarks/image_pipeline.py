@@ -57,7 +57,7 @@ from longtail.data.loader import LoaderPipeline, TransformedImages  # noqa: E402
 from longtail.data.pipeline import cropped_train_images  # noqa: E402
 from longtail.data.samplers import EpochSampler, SeededSampler, sample_seed  # noqa: E402
 from longtail.data.transforms import image_train_transform  # noqa: E402
-from longtail.data.device import stats_tensor  # noqa: E402
+from longtail.input_spec import InputSpec  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 SIZES = {"imagenet_lt": (500, 375), "inat2018": (800, 600)}  # typical photo sizes of the two datasets
@@ -125,7 +125,7 @@ def one_item(row: str, images: ImageList, cfg: Config) -> Callable[[int, int], o
                 return transform(image.convert("RGB"))
         return reference
     if row == "old":
-        dataset = TransformedImages(images, image_train_transform(cfg.data, IMAGENET_MEAN, IMAGENET_STD))
+        dataset = TransformedImages(images, image_train_transform(cfg.data, imagenet_spec(cfg)))
         return lambda i, seed: dataset[(i, seed)]
     raise ValueError(row)
 
@@ -142,7 +142,7 @@ def loader_process(row: str, folder: str, paths: list[str], name: str, images_to
         if row == "longtail/pillow":
             crop_decode.simplejpeg = None  # this process only
         dataset = cropped_train_images_of(images, cfg)
-        mean, std = stats_tensor(IMAGENET_MEAN, torch.device("cpu")), stats_tensor(IMAGENET_STD, torch.device("cpu"))
+        mean, std = imagenet_spec(cfg).stats(torch.device("cpu"))
         jitter = dataset.augment.jitter > 0
 
         def batch(start: int) -> int:
@@ -168,12 +168,17 @@ def loader_process(row: str, folder: str, paths: list[str], name: str, images_to
     return images_to_time, time.perf_counter() - start
 
 
+def imagenet_spec(cfg: Config) -> InputSpec:
+    """ImageNet's statistics at data.image_size, longtail's 256/224 evaluation resize."""
+    return InputSpec(3, cfg.data.image_size, IMAGENET_MEAN, IMAGENET_STD)
+
+
 def cropped_train_images_of(images: ImageList, cfg: Config) -> CroppedImages:
     """The training dataset `longtail train` builds for this config (pipeline.cropped_train_images)."""
     from longtail.data.base import DataBundle
 
     bundle = DataBundle(name=cfg.dataset.name, train=images, val=None, test=images, class_counts=[1], num_classes=1000,
-                        in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_memory=False)
+                        in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_memory=False, input=imagenet_spec(cfg))
     return cropped_train_images(bundle, cfg)
 
 
@@ -198,7 +203,7 @@ def device_rates(folder: Path, paths: list[str], name: str, device: torch.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randint(0, 256, (BATCH, 3, cfg.data.image_size, cfg.data.image_size), dtype=torch.uint8, device=device)
     params = torch.stack([dataset[(0, sample_seed(0, 0, k))][2] for k in range(BATCH)]).to(device)
-    mean, std = stats_tensor(IMAGENET_MEAN, device), stats_tensor(IMAGENET_STD, device)
+    mean, std = imagenet_spec(cfg).stats(device)
     for _ in range(3):
         finish(x, params, True, mean, std)
     sync()
@@ -208,7 +213,7 @@ def device_rates(folder: Path, paths: list[str], name: str, device: torch.device
     sync()
     finish_rate = 20 * BATCH / (time.perf_counter() - start)
     pipeline = ImageListPipeline(dataset, SeededSampler(EpochSampler(images.targets, 0)), BATCH, 0, device,
-                                 IMAGENET_MEAN, IMAGENET_STD, workers)
+                                 imagenet_spec(cfg), workers)
     warm, steps, seen, start, epoch = 2, 0, 0, 0.0, 0  # two batches untimed: workers started and warm
     while steps < warm + batches:
         pipeline.set_epoch(epoch)
@@ -247,9 +252,9 @@ def training_rate(pipeline_name: str, folder: Path, paths: list[str], args: argp
     sampler = SeededSampler(EpochSampler(images.targets, 0))
     if pipeline_name == "new":
         batches = ImageListPipeline(cropped_train_images_of(images, cfg), sampler, args.batch_size, 0, device,
-                                    IMAGENET_MEAN, IMAGENET_STD, args.workers)
+                                    imagenet_spec(cfg), args.workers)
     else:
-        dataset = TransformedImages(images, image_train_transform(cfg.data, IMAGENET_MEAN, IMAGENET_STD))
+        dataset = TransformedImages(images, image_train_transform(cfg.data, imagenet_spec(cfg)))
         batches = LoaderPipeline(dataset, sampler, args.batch_size, 0, num_workers=args.workers, pin_memory=device.type == "cuda")
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=1000).to(device)

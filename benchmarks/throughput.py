@@ -47,6 +47,7 @@ from longtail.data.base import DataBundle, RawDataset, TensorImages  # noqa: E40
 from longtail.data.cifar import CIFAR  # noqa: E402
 from longtail.data.device import CHUNK_IMAGES, host_ops_on_one_thread  # noqa: E402
 from longtail.data.pipeline import train_batches  # noqa: E402
+from longtail.input_spec import InputSpec  # noqa: E402
 from longtail.data.splits import long_tailed_counts  # noqa: E402
 from longtail.distributed import Runtime  # noqa: E402
 from longtail.engine import _set_determinism, train_one_epoch  # noqa: E402
@@ -77,7 +78,8 @@ def synthetic_bundle(seed: int = 0) -> DataBundle:
     counts = long_tailed_counts(SPEC["n_max"], SPEC["num_classes"], 100.0)
     train = synthetic_split(counts, seed)
     test = synthetic_split([100] * SPEC["num_classes"], seed + 1)
-    return DataBundle(SYNTHETIC, train, None, test, counts, SPEC["num_classes"], 3, SPEC["mean"], SPEC["std"])
+    return DataBundle(SYNTHETIC, train, None, test, counts, SPEC["num_classes"], 3, SPEC["mean"], SPEC["std"],
+                      input=InputSpec(3, 32, tuple(SPEC["mean"]), tuple(SPEC["std"]), crop_pct=1.0))
 
 
 def register_synthetic_dataset(seed: int = 0) -> None:

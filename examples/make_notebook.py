@@ -109,7 +109,10 @@ ax.set(xscale="log", xlabel="training images of the class (log scale)", ylabel="
        title="Fashion-MNIST-LT, imbalance factor 100" + (" (tiny run)" if TINY else ""))
 ax.legend()
 fig.savefig(RESULTS / "figure1.png", dpi=100)
-plt.show()"""),
+plt.show()""", {"alt": "Per-class test accuracy of CE, post-hoc LA and the LA loss against the training images of each class",
+               "caption": "Figure 1: per-class test accuracy against the class's training images, Fashion-MNIST-LT at imbalance "
+                          "factor 100, ResNet-32, 20 epochs. Source: benchmarks/results/notebook_logit_adjustment/figure1.png, "
+                          "from benchmarks/results/notebook_logit_adjustment/figure1_per_class.csv."}),
     ("markdown", """The same runs feed `longtail.report`, whose tables and figures are those `longtail report` writes:"""),
     ("code", """report = longtail.report(*runs.values())
 report.tables["shots"]"""),
@@ -120,8 +123,11 @@ def build() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    for kind, text in CELLS:
-        nb.cells.append(nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text))
+    for kind, text, *figure in CELLS:
+        cell = nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text)
+        if figure:  # alt text and caption of the figure the cell draws, for the docs page (scripts/notebook_page.py)
+            cell.metadata["longtail_figure"] = figure[0]
+        nb.cells.append(cell)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i}"  # stable ids: a rebuild changes no line that did not change
     return nb

@@ -5,6 +5,9 @@
                        config schema (longtail.config: the dataclasses, CHOICES, and each field's comment)
 - results.md           the measurement files under benchmarks/results (each with its hardware line) and the
                        published numbers of benchmarks/results/published.csv
+- changelog.md         CHANGELOG.md of the repository
+- benchmarks/results/  every record at its repository path: .md records as pages of their own (linked from
+                       results.md, not in the navigation), figures, CSV, JSON and text as they are
 
 The pages exist only in the built site (mkdocs.yml names them in the nav); nothing is written into docs/.
 `python scripts/docs_hooks.py OUT_DIR` writes the three pages to OUT_DIR, to read them without a build.
@@ -84,9 +87,10 @@ def cli_page() -> str:
              *_option_rows(parser), ""]
     lines.append("Commands: " + ", ".join(f"[`{name}`](#{name})" for name in commands.choices) + ".\n")
     for name, sub in commands.choices.items():
-        usage = " ".join(sub.format_usage().split())
-        if usage.startswith("usage: "):
-            usage = usage[len("usage: "):]
+        # argparse's own line breaks at a width that fits the page's code column (about 84 characters)
+        usage = argparse.HelpFormatter(sub.prog, width=84)
+        usage.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups, prefix="")
+        usage = usage.format_help().strip("\n")
         lines += [f"## {name}\n", f"{helps.get(name) or ''}\n", "```text", usage, "```\n", *_option_rows(sub), ""]
         if sub.epilog:
             lines.append(f"{sub.epilog}\n")
@@ -221,18 +225,88 @@ def published_section() -> list[str]:
     return lines
 
 
+# Titles for records whose own first heading does not say what they are (a report's generic "# Results").
+TITLES = {
+    "fmnist_lt_report_cpu_seed0/provenance.md": "Fashion-MNIST-LT report (CPU, seed 0): where it comes from",
+    "fmnist_lt_report_cpu_seed0/results.md": "Fashion-MNIST-LT report (CPU, seed 0): tables and figures",
+}
+
+# Figures shown under a record on the results page: (figure file, alt text, what it shows).
+REPORT = "fmnist_lt_report_cpu_seed0/figures/"
+FIGURES = {
+    "fmnist_lt_report_cpu_seed0/results.md": [
+        (REPORT + "effective_fmnist_lt_if_100.png", "Effective class probabilities of the Fashion-MNIST-LT IF 100 "
+         "training set for several beta, classes ranked by frequency",
+         "Figure 1 of the logit-adjustment paper for this data: the effective class probabilities (Cui et al.) "
+         "of the training set, classes ranked by frequency."),
+        (REPORT + "per_class_fmnist_lt_if_100.png", "Per-class test accuracy against the class's training count "
+         "for each method on Fashion-MNIST-LT IF 100",
+         "Per-class test accuracy against the class's number of training images, one marker per method."),
+    ],
+}
+
+
+def _title(path: Path) -> str:
+    rel = path.relative_to(RESULTS).as_posix()
+    first = re.search(r"^# (.+)$", path.read_text(encoding="utf-8"), re.M)
+    return TITLES.get(rel) or (first.group(1).strip() if first else rel)
+
+
+def figure(src: str, alt: str, caption: str) -> str:
+    """A figure of the built site: the image (served from benchmarks/results), its alt text, and a caption
+    naming its source file."""
+    return (f'<figure markdown="span">\n  ![{alt}]({src})\n  <figcaption>{caption} Source: '
+            f'<code>{src}</code></figcaption>\n</figure>\n')
+
+
+# The records' tables are wide: their pages give the text column the width of the in-page table of contents.
+WIDE = "---\nhide:\n  - toc\n---\n"
+
+
 def results_page() -> str:
-    lines = [GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
-             "Every table on this page is a file under `benchmarks/results/`, shown as it is; each says the hardware, "
+    lines = [WIDE + GENERATED_NOTE.format(source="the files under benchmarks/results"), "# Results\n",
+             "Every table on this page is a file under `benchmarks/results/`, shown as it is under a heading that "
+             "says what it is, with the file's path under it (a link to the file alone); each says the hardware, "
              "the software and the command that produced it. The numbers in the README and in these pages come from "
-             "these files (a test checks it). The published numbers of the papers follow at the end.\n"]
+             "these files (a test checks each against the file the page cites). The published numbers of the papers "
+             "follow at the end.\n"]
     for path in result_files():
-        rel = path.relative_to(ROOT)
-        lines += [f"## `{rel}`\n", _embed(path.read_text(encoding="utf-8")), ""]
+        rel = path.relative_to(ROOT).as_posix()
+        body = re.sub(r"\A\s*# .*\n", "", path.read_text(encoding="utf-8"))  # the title is the section's heading
+        lines += [f"## {_title(path)}\n", f'<p class="record-path"><a href="{rel[:-3]}.html"><code>{rel}</code></a></p>\n',
+                  _embed(body), ""]
+        for src, alt, caption in FIGURES.get(path.relative_to(RESULTS).as_posix(), []):
+            lines.append(figure(f"benchmarks/results/{src}", alt, caption))
     return "\n".join(lines + published_section())
 
 
-PAGES = {"reference/cli.md": cli_page, "reference/config.md": config_page, "results.md": results_page}
+def record_page(path: Path) -> str:
+    """One record on a page of its own (the link under its heading on the results page)."""
+    rel = path.relative_to(ROOT).as_posix()
+    text = path.read_text(encoding="utf-8")
+    text = _LINK.sub(lambda m: f"{m.group(1)} (`{(path.parent / m.group(2)).relative_to(ROOT).as_posix()}`)", text)
+    if not text.lstrip().startswith("# "):
+        text = f"# {_title(path)}\n\n" + text
+    return WIDE + GENERATED_NOTE.format(source=rel) + text + f"\n\n`{rel}`, shown on [Results]({'../' * rel.count('/')}results.md).\n"
+
+
+def changelog_page() -> str:
+    """CHANGELOG.md of the repository root, its links to docs/ pages made site links."""
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    return GENERATED_NOTE.format(source="CHANGELOG.md") + text.replace("](docs/", "](")
+
+
+PAGES = {"reference/cli.md": cli_page, "reference/config.md": config_page, "results.md": results_page,
+         "changelog.md": changelog_page}
+
+# Static files of benchmarks/results the site serves at the same path (figures, CSV, JSON, text records).
+STATIC = (".png", ".csv", ".json", ".txt")
+
+
+def record_files() -> dict[str, Path]:
+    """{site path: file} of every record under benchmarks/results: .md as pages of their own, the rest as is."""
+    return {p.relative_to(ROOT).as_posix(): p for p in sorted(RESULTS.rglob("*"))
+            if p.is_file() and (p.suffix == ".md" or p.suffix in STATIC)}
 
 
 # ----------------------------------------------------------------------------- MkDocs
@@ -246,7 +320,31 @@ def on_files(files, config, **kwargs):
         if existing is not None:
             files.remove(existing)
         files.append(File.generated(config, uri, content=make()))
+    for uri, path in record_files().items():
+        content = record_page(path) if path.suffix == ".md" else path.read_bytes()
+        files.append(File.generated(config, uri, content=content))
     return files
+
+
+_TABLE_CODE = re.compile(r"(<td[^>]*>)(.*?)(</td>)", re.S)
+
+
+def _cell_code(code: re.Match) -> str:
+    """A name (a key, a flag, a value: no space, no slash) never breaks; a path, a file name or a list may break
+    after / , { (a file name also after _ and -)."""
+    text = code.group(1)
+    is_file = re.search(r"\.(?:py|ya?ml|txt|json|csv|md)$", text)
+    if not re.search(r"[\s/]", text) and not is_file:
+        return f'<code class="name">{text}</code>'
+    return "<code>" + re.sub(r"([/,{_-])(?![^<]*>)" if is_file else r"([/,{])(?![^<]*>)", r"\1<wbr>", text) + "</code>"
+
+
+def on_page_content(html, page, config, files):
+    """Code in table cells: see _cell_code and docs/assets/extra.css."""
+    def breakable(cell: re.Match) -> str:
+        return cell.group(1) + re.sub(r"<code>(.*?)</code>", _cell_code, cell.group(2)) + cell.group(3)
+
+    return _TABLE_CODE.sub(breakable, html)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 build from the committed .ipynb files (nothing is written into docs/; nothing is executed).
 
 - markdown cells as they are; code cells as Python blocks;
-- outputs: printed text as text blocks, DataFrames as their HTML tables, figures as inline PNG images, text/markdown
-  as markdown; a cell that raised fails the build (the committed notebook must run cleanly).
+- outputs: printed text as text blocks, DataFrames as their HTML tables, figures as inline PNG images with the alt
+  text and caption (naming its source file) of the cell's metadata "longtail_figure", text/markdown as markdown;
+  a cell that raised, or a figure without alt text and caption, fails the build.
 
 `python scripts/notebook_page.py` prints the page of examples/logit_adjustment.ipynb, to read it without a build.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -28,7 +30,14 @@ def _fence(text: str, language: str = "") -> str:
     return f"{ticks}{language}\n{text.rstrip()}\n{ticks}"
 
 
-def _output(output: dict, source: str) -> str:
+def _figure(data: str, figure: dict, source: str) -> str:
+    if not {"alt", "caption"} <= set(figure):
+        raise ValueError(f"{source}: a cell draws a figure without 'alt' and 'caption' in its metadata 'longtail_figure'")
+    return (f'<figure>\n  <img alt="{html.escape(figure["alt"])}" src="data:image/png;base64,{data.strip()}">\n'
+            f"  <figcaption>{html.escape(figure['caption'])}</figcaption>\n</figure>")
+
+
+def _output(output: dict, source: str, figure: dict) -> str:
     kind = output.get("output_type")
     if kind == "stream":
         return _fence(_text(output["text"]), "text")
@@ -36,7 +45,7 @@ def _output(output: dict, source: str) -> str:
         raise ValueError(f"{source}: a cell raised {output.get('ename')}: {output.get('evalue')}; execute the notebook again")
     data = output.get("data", {})
     if "image/png" in data:
-        return f'<img alt="figure" src="data:image/png;base64,{_text(data["image/png"]).strip()}">'
+        return _figure(_text(data["image/png"]), figure, source)
     if "text/html" in data:
         return f'<div class="notebook-output">\n{_text(data["text/html"]).strip()}\n</div>'
     if "text/markdown" in data:
@@ -55,7 +64,8 @@ def notebook_markdown(path: Path) -> str:
             parts.append(text)
         elif cell["cell_type"] == "code":
             parts.append(_fence(text, "python"))
-            parts += [_output(output, source) for output in cell.get("outputs", [])]
+            figure = cell.get("metadata", {}).get("longtail_figure", {})
+            parts += [_output(output, source, figure) for output in cell.get("outputs", [])]
     parts.append(f"*The notebook is `{source}` in the repository; `python examples/execute.py` runs it again.*")
     return "\n\n".join(parts) + "\n"
 

@@ -209,3 +209,30 @@ def epoch_rows(run: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- the package's import graph
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """longtail module -> the longtail modules it imports anywhere (top level or inside functions), relative
+    imports resolved; `from . import x` names the module x when there is one."""
+    import ast
+
+    root = src / "longtail"
+    modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:  # `from . import distributed` names a module
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if sub in modules else target)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph

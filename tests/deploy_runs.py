@@ -10,11 +10,10 @@ import torch
 
 from conftest import FMNIST_CONFIG, TINY_FMNIST_40, write_fake_fmnist
 from longtail.config import load_config
-from longtail.data import build_data
-from longtail.data.device import normalize_uint8, stats_tensor
 from longtail.engine import fit
 from longtail.evaluation import load_outputs, load_run
 from longtail.posthoc import PosthocInputs, apply_posthoc, class_mass
+from longtail.run import load_data
 
 # float32 throughout (train.amp=false), so exported float32 graphs can be compared at 1e-4
 TINY = [*TINY_FMNIST_40, "train.amp=false"]
@@ -33,16 +32,14 @@ def train_tiny(tmp: Path, name: str, extra: Sequence[str] = ()) -> Path:
 def split_images(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's test split: uint8 images (N, C, H, W) and labels, as evaluate reads them."""
     cfg = load_run(run)[0]
-    bundle = build_data(cfg)
+    bundle = load_data(cfg)
     return bundle.test.images, bundle.test.labels
 
 
 def normalised(run: Path, images: torch.Tensor) -> torch.Tensor:
     """What evaluate feeds the network for these images (data/pipeline.eval_batches)."""
-    cfg = load_run(run)[0]
-    bundle = build_data(cfg)
-    cpu = torch.device("cpu")
-    return normalize_uint8(images, stats_tensor(bundle.mean, cpu), stats_tensor(bundle.std, cpu))
+    cfg, ckpt, _ = load_run(run)
+    return load_data(cfg, ckpt).spec.normalize(images)
 
 
 @functools.lru_cache(maxsize=8)

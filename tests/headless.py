@@ -44,7 +44,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class Browser:
     """One headless Chromium; `wait_for(url, expression)` opens a tab and polls the expression."""
 
-    def __init__(self, profile: Path):
+    def __init__(self, profile: Path, window: tuple[int, int] | None = None):
         ours_read, chrome_write = os.pipe()
         chrome_read, ours_write = os.pipe()
 
@@ -56,7 +56,8 @@ class Browser:
         self.proc = subprocess.Popen(
             [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+             f"--user-data-dir={profile}", "--remote-debugging-pipe",
+             *([f"--window-size={window[0]},{window[1]}"] if window else []), "about:blank"],
             preexec_fn=plumb, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         os.close(chrome_read)
@@ -86,7 +87,8 @@ class Browser:
             self._buf += chunk
         raise TimeoutError(method)
 
-    def wait_for(self, url: str, expression: str, timeout: float = 60) -> Any:
+    def wait_for(self, url: str, expression: str, timeout: float = 60, close: bool = False) -> Any:
+        """Poll `expression` in a new tab on `url` until it is truthy (or `timeout`); `close` closes the tab."""
         target = self._call("Target.createTarget", {"url": url})["targetId"]
         session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         end, value = time.monotonic() + timeout, None
@@ -94,9 +96,32 @@ class Browser:
             result = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
             value = result.get("result", {}).get("value")
             if value:
-                return value
-            time.sleep(0.25)
+                break
+            time.sleep(0.1)
+        if close:
+            self._call("Target.closeTarget", {"targetId": target})
         return value
+
+    def evaluate_all(self, urls: list[str], expression: str, timeout: float = 60, tabs: int = 8) -> dict[str, Any]:
+        """{url: value} of `expression` on each page, `tabs` pages open at a time, each polled until truthy."""
+        out: dict[str, Any] = {}
+        for start in range(0, len(urls), tabs):
+            open_tabs = {}
+            for url in urls[start:start + tabs]:
+                target = self._call("Target.createTarget", {"url": url})["targetId"]
+                open_tabs[url] = (target, self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"])
+            end = time.monotonic() + timeout
+            while open_tabs and time.monotonic() < end:
+                for url, (target, session) in list(open_tabs.items()):
+                    result = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+                    out[url] = result.get("result", {}).get("value")
+                    if out[url]:
+                        self._call("Target.closeTarget", {"targetId": target})
+                        del open_tabs[url]
+                time.sleep(0.1)
+            for target, _ in open_tabs.values():
+                self._call("Target.closeTarget", {"targetId": target})
+        return out
 
     def close(self) -> None:
         self.proc.kill()

@@ -20,6 +20,7 @@ from longtail.data.pipeline import choose_pipeline
 from longtail.data.samplers import EpochSampler
 from longtail.data.transforms import Cutout, train_transform
 from longtail.errors import LongtailError
+from longtail.input_spec import InputSpec
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -54,7 +55,13 @@ def random_split(n: int, classes: int = 10, size: int = 32, channels: int = 3, s
 def device_pipeline(split: TensorImages, augment: BatchAugment, batch_size: int = 64, seed: int = 3,
                     chunk_images=None, **sampler_args) -> DevicePipeline:
     sampler = EpochSampler(split.labels, seed=seed, **sampler_args)
-    return DevicePipeline(split, sampler, batch_size, seed, CPU, MEAN, STD, augment, chunk_images=chunk_images)
+    return DevicePipeline(split, sampler, batch_size, seed, CPU, spec_of(split), augment, chunk_images=chunk_images)
+
+
+def spec_of(split: TensorImages) -> InputSpec:
+    """In-memory images at their own size, normalised with MEAN / STD (their first C values)."""
+    channels, size = split.images.shape[1], split.images.shape[-1]
+    return InputSpec(channels, size, MEAN[:channels], STD[:channels], crop_pct=1.0)
 
 
 def epoch(pipeline, e: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -246,8 +253,7 @@ def test_autoaugment_identity_magnitudes_change_nothing():
 
 def loader_pipeline(split: TensorImages, data: DataConfig, batch_size: int = 64, seed: int = 3,
                     **sampler_args) -> LoaderPipeline:
-    size = split.images.shape[-1]
-    dataset = TransformedImages(split, train_transform(data, size, MEAN[: split.images.shape[1]], STD[: split.images.shape[1]]))
+    dataset = TransformedImages(split, train_transform(data, spec_of(split), split.images.shape[-1]))
     return LoaderPipeline(dataset, EpochSampler(split.labels, seed=seed, **sampler_args), batch_size, seed, num_workers=0)
 
 
@@ -312,7 +318,7 @@ def test_resumed_pipeline_sees_the_same_augmentation():
 
 def test_auto_selects_device_for_in_memory_datasets():
     split = random_split(20)
-    bundle = DataBundle("cifar10_lt", split, None, split, [2] * 10, 10, 3, MEAN, STD)
+    bundle = DataBundle("cifar10_lt", split, None, split, [2] * 10, 10, 3, MEAN, STD, input=spec_of(split))
     assert choose_pipeline(bundle, load_config()) == "device"
     assert choose_pipeline(bundle, load_config(overrides=["data.pipeline=loader"])) == "loader"
     assert choose_pipeline(bundle, load_config(overrides=["data.randaugment=true"])) == "loader"

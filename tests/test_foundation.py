@@ -353,11 +353,15 @@ def test_text_init_is_the_normalised_text_embedding_of_the_prompts(tiny_clip):
     tokens = open_clip.get_tokenizer("lt-tiny-clip")([f"a photo of a {n}." for n in names])
     with torch.no_grad():
         text = reference.encode_text(tokens)
-    assert torch.allclose(model.classifier.weight, text / text.norm(dim=1, keepdim=True), atol=1e-6)
-    # the image tower is CLIP's: same embedding as open_clip's encode_image
+    # the head sees the ViT's pre-projection features (as LIFT's): rows are the unit text embeddings mapped back
+    # through the image projection P (t P^T), normalised again
+    proj = reference.visual.proj.detach()
+    rows = text / text.norm(dim=1, keepdim=True) @ proj.t()
+    assert torch.allclose(model.classifier.weight, rows / rows.norm(dim=1, keepdim=True), atol=1e-6)
+    # the image tower is CLIP's: its features, projected, are open_clip's encode_image
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(model.eval()(x)["features"], reference.encode_image(x), atol=1e-5)
+        assert torch.allclose(model.eval()(x)["features"] @ proj, reference.encode_image(x), atol=1e-5)
     assert not any(k.startswith("text") or "token_embedding" in k for k in model.state_dict())
 
 
@@ -377,18 +381,20 @@ def test_clip_preprocessing_reaches_the_data(tiny_clip):
     import open_clip
 
     pre = backbone_preprocessing(ModelConfig(name="clip/lt-tiny-clip", pretrained="openai"))
-    assert pre["image_size"] == 32 and pre["interpolation"] == "bicubic"
-    assert pre["mean"] == list(open_clip.OPENAI_DATASET_MEAN) and pre["std"] == list(open_clip.OPENAI_DATASET_STD)
+    assert pre.image_size == 32 and pre.interpolation == "bicubic" and pre.crop_pct == 1.0  # open_clip: short side to S
+    assert pre.mean == tuple(open_clip.OPENAI_DATASET_MEAN) and pre.std == tuple(open_clip.OPENAI_DATASET_STD)
     vit = backbone_preprocessing(ModelConfig(name="timm/test_vit", pretrained="hub"))  # read from timm's config only
-    assert vit["image_size"] == 160 and vit["mean"] == [0.5, 0.5, 0.5] and vit["interpolation"] == "bicubic"
+    assert vit.image_size == 160 and vit.mean == (0.5, 0.5, 0.5) and vit.interpolation == "bicubic"
+    assert vit.crop_pct == 0.95  # timm's pretrained_cfg of test_vit: evaluation resizes 160 to floor(160 / 0.95) = 168
     assert backbone_preprocessing(ModelConfig(name="timm/test_vit")) is None  # from scratch: the dataset's statistics
 
 
 def test_a_run_uses_the_backbones_mean_and_std(files):
-    from longtail.data import build_data
+    from longtail.run import load_data
 
-    bundle = build_data(cfg_of(files, "model.name=timm/test_vit"))
-    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.5, 0.5, 0.5) and bundle.interpolation == "bicubic"
+    bundle = load_data(cfg_of(files, "model.name=timm/test_vit"))
+    spec = bundle.spec
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5) and spec.interpolation == "bicubic"
 
 
 # ----------------------------------------------------------------------------- bad input, one line each
@@ -432,7 +438,7 @@ def test_text_init_needs_a_text_tower_and_class_names(files, tiny_clip):
 
 
 def test_config_keys_are_checked():
-    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, lora, adapter"):
+    with pytest.raises(LongtailError, match="model.finetune' must be one of full, linear, bias, block_bias, lora, lora_qv, adapter, zero_shot"):
         load_config(None, ["model.finetune=prompt"])
     with pytest.raises(LongtailError, match="model.head_init' must be one of random, class_means, text"):
         load_config(None, ["model.head_init=zero"])
@@ -462,10 +468,16 @@ def test_text_prompts_read_underscores_as_spaces():
 
     seen = []
 
-    class Model(nn.Module):
-        def text_tower(self, prompts, device):
+    class Tower:
+        def __call__(self, prompts, device):
             seen.extend(prompts)
             return torch.eye(len(prompts))
+
+        def to_head_space(self, text):
+            return text
+
+    class Model(nn.Module):
+        text_tower = Tower()
 
     text_features(Model(), ["maple_tree", "cat"], torch.device("cpu"))
     assert seen == ["a photo of a maple tree.", "a photo of a cat."]
@@ -491,10 +503,10 @@ def test_list_datasets_take_class_names_from_a_file_or_inat_categories(tmp_path)
 def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_same_input(files, tiny_clip, tmp_path):
     import open_clip
 
-    from longtail.data import build_data
     from longtail.data.pipeline import eval_batches
     from longtail.deployment import load_deployment
     from longtail.distributed import Runtime
+    from longtail.run import load_data
 
     weights = tmp_path / "clip48.pt"
     torch.save(open_clip.create_model("lt-tiny-clip48").state_dict(), weights)
@@ -504,8 +516,8 @@ def test_a_clip_run_on_cifar_resizes_to_the_towers_size_and_predict_feeds_the_sa
     cfg = load_config(None, [*TINY_CIFAR, f"dataset.root={files['cifar']}", *overrides])
     metrics = fit(cfg, run)
     assert 0.0 <= metrics["top1"] <= 100.0
-    bundle = build_data(cfg)
-    assert bundle.resize == 48 and bundle.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
+    bundle = load_data(cfg)
+    assert bundle.spec.size == bundle.train_resize() == 48 and bundle.spec.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
     x, _ = next(eval_batches(bundle.test, bundle, cfg, Runtime(torch.device("cpu"))))
     assert x.shape[-2:] == (48, 48)
     deployment = load_deployment(run)

@@ -218,7 +218,8 @@ def good_checkpoint(tmp_path_factory):
     opt.step()
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     save_atomic({"config": {"dataset": {"name": "cifar10_lt"}, "model": {"name": "resnet8"}}, "class_counts": [10] * 10,
-                 "num_classes": 10, "in_channels": 3, "mean": [0.5] * 3, "std": [0.2] * 3, "model": model.state_dict(),
+                 "num_classes": 10, "in_channels": 3, "input": {"channels": 3, "size": 32, "crop_pct": 1.0, "mean": [0.5] * 3,
+                 "std": [0.2] * 3, "interpolation": "bilinear"}, "model": model.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": {}, "loss": {},
                  "progress": {"epoch": 1, "best_score": 1.0, "best_epoch": 1, "history": [{"epoch": 1}]}}, path)
     return path
@@ -268,6 +269,14 @@ def _wrong_structures():
     yield "format from the future", {**base, "format_version": 99}
     yield "class_counts floats", {**base, "class_counts": [1.5] * 10}
     yield "mean a string", {**base, "mean": "0.5"}
+    spec = {"channels": 3, "size": 32, "crop_pct": None, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    current = {**{k: v for k, v in base.items() if k not in ("mean", "std")}, "format_version": 2, "input": spec}
+    yield "input spec a list", {**current, "input": [1, 2]}
+    yield "input spec without size", {**current, "input": {k: v for k, v in spec.items() if k != "size"}}
+    yield "input spec with 2 means for 3 channels", {**current, "input": {**spec, "mean": [0.5, 0.5]}}
+    yield "input spec with crop_pct 2", {**current, "input": {**spec, "crop_pct": 2.0}}
+    yield "format 1 with a resize no longtail wrote", {**base, "config": {"dataset": {"name": "folder"}}, "input": {
+        "channels": 3, "image_size": 32, "resize": 50, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}}
     yield "config with unknown keys", {**base, "config": {"train": {"epochz": 3}}}
     yield "config with wrong types", {**base, "config": {"train": {"epochs": "many"}}}
     yield "config with a non-string key", {**base, "config": {1: 2}}
@@ -595,7 +604,7 @@ def test_crafted_cifar_pickles_are_refused_without_running_code(attack, protocol
 def test_an_unwritable_run_directory_is_refused_before_anything_loads(out, tmp_path, capsys, monkeypatch):
     import longtail.engine as engine
 
-    monkeypatch.setattr(engine, "build_data", lambda cfg: pytest.fail("data were loaded"))
+    monkeypatch.setattr(engine, "load_data", lambda cfg, ckpt=None: pytest.fail("data were loaded"))
     (tmp_path / "FILE").write_text("a file, not a folder")
     out = out.replace("FILE", str(tmp_path / "FILE"))
     assert main(["train", str(REPO / "configs/fmnist_lt/ce_imba100.yaml"), "--out", out]) == 2

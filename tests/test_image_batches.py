@@ -22,13 +22,13 @@ from image_tree import make_tree
 from longtail.config import load_config
 from longtail.data import build_data
 from longtail.data.color_jitter import BRIGHTNESS, CONTRAST, SATURATION, color_jitter, jitter_params
-from longtail.data.crop_decode import centre_crop_box, decode_box, random_resized_crop_box, reduction
+from longtail.data.crop_decode import decode_box, random_resized_crop_box, reduction
 from longtail.data.image_batches import CropAugment, CroppedImages, ImageListPipeline, finish
 from longtail.data.image_list import UnreadableImage, decode
 from longtail.data.pipeline import cropped_train_images
 from longtail.data.samplers import EpochSampler, SeededSampler, sample_seed
-from longtail.data.transforms import resize_for_eval
 from longtail.distributed import Runtime
+from longtail.input_spec import InputSpec, centre_crop_box, eval_resize
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -107,7 +107,7 @@ def test_reduction_keeps_the_box_at_least_the_output_size():
                                                (120, 90, 24), (224, 224, 224), (299, 401, 112)])
 def test_centre_box_is_resize_then_centre_crop(width, height, size):
     """Resize(short side R) + CenterCrop(S) of a coordinate image lands on the box's centre pixels."""
-    resize_to = resize_for_eval(size)
+    resize_to = eval_resize(size, None)
     xs = torch.arange(width, dtype=torch.float64).view(1, 1, width).expand(1, height, width)
     ys = torch.arange(height, dtype=torch.float64).view(1, height, 1).expand(1, height, width)
     plane = torch.cat([xs, ys])
@@ -128,8 +128,8 @@ def test_evaluation_crop_matches_the_old_resize_and_centre_crop(photos, name, re
     if not reduced:
         monkeypatch.setattr(crop_decode, "reduction", lambda box, size: 1)
     path = str(photos / name)
-    got = decode_box(path, image_batches.centre_box(96, resize_for_eval(96)), 96)
-    want = F.center_crop(F.resize(decode(path), [resize_for_eval(96)], antialias=True), [96, 96])
+    got = decode_box(path, InputSpec(3, 96, MEAN, STD).eval_box, 96)
+    want = F.center_crop(F.resize(decode(path), [eval_resize(96, None)], antialias=True), [96, 96])
     assert float((got.float() - want.float()).abs().mean()) < (5.0 if reduced else 1.0)
 
 
@@ -161,7 +161,7 @@ def recorded_draws(monkeypatch, keys: list[tuple[int, int]], augment: CropAugmen
             return reader("unused")
 
     monkeypatch.setattr(image_batches, "decode_box", fake_decode)
-    dataset = CroppedImages(Listed(), 32, augment)
+    dataset = CroppedImages(Listed(), InputSpec(3, 32, MEAN, STD), augment)
     params = [dataset[key][2] for key in keys]
     return [(box, flip, p) for (box, flip), p in zip(seen, params)]
 
@@ -294,7 +294,7 @@ def test_batches_do_not_depend_on_workers_or_on_the_epochs_before(tree):
 
     def epoch_batches(workers: int, epochs: list[int]) -> list:
         pipeline = ImageListPipeline(cropped_train_images(bundle, cfg), SeededSampler(EpochSampler(bundle.train.targets, 0)),
-                                     8, 0, CPU, MEAN, STD, workers)
+                                     8, 0, CPU, bundle.spec, workers)
         for epoch in epochs:
             pipeline.set_epoch(epoch)
             batches = list(pipeline)
@@ -334,7 +334,7 @@ def test_evaluation_batches_are_uint8_centre_crops_normalised_on_the_device(tree
     bundle = build_data(cfg)
     x, y = next(eval_batches(bundle.test, bundle, cfg, Runtime(CPU)))
     raw = decode(bundle.test.full_path(0))
-    want = F.center_crop(F.resize(raw, [resize_for_eval(24)], antialias=True), [24, 24])
+    want = F.center_crop(F.resize(raw, [eval_resize(24, None)], antialias=True), [24, 24])
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     pixels = x[0] * std + mean
     assert x.shape[1:] == (3, 24, 24) and float((pixels * 255 - want.float()).abs().mean()) < 3.0

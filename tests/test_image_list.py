@@ -18,7 +18,7 @@ from longtail.data import build_data
 from longtail.data.image_list import UnreadableImage
 from longtail.data.loader import LoaderPipeline, TransformedImages
 from longtail.data.samplers import EpochSampler, SeededSampler
-from longtail.data.transforms import image_eval_transform, image_train_transform
+from longtail.data.transforms import eval_transform, image_train_transform
 from longtail.errors import LongtailError
 
 TINY = [*TINY_RUN, "data.image_size=32", "train.batch_size=10", "eval.batch_size=64"]
@@ -172,7 +172,7 @@ def test_unreadable_image_names_its_file_and_line(tree, tmp_path):
     with pytest.raises(UnreadableImage, match=r"bad.JPEG' \(list.txt:2\) cannot be read") as direct:
         bundle.train[1]
     # through DataLoader workers, the error arrives as the same one-line message
-    dataset = TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
+    dataset = TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.spec))
     batches = LoaderPipeline(dataset, SeededSampler(EpochSampler(bundle.train.targets, 0, shuffle=False)), 2, 0, num_workers=1)
     with pytest.raises(LongtailError) as info:
         list(batches)
@@ -191,7 +191,7 @@ def test_train_and_eval_transforms_shapes_and_seeded_augmentation(tree):
     cfg = list_config(tree, "data.image_size=24", "data.randaugment=true", "data.color_jitter=0.4",
                       "data.grayscale=0.5", "data.blur=0.5")
     bundle = build_data(cfg)
-    train = TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.mean, bundle.std))
+    train = TransformedImages(bundle.train, image_train_transform(cfg.data, bundle.spec))
     x, y = train[(5, 123)]
     assert x.shape == (3, 24, 24) and x.dtype == torch.float32 and y == 0
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def test_train_and_eval_transforms_shapes_and_seeded_augmentation(tree):
     assert torch.equal(x, again)  # the seed alone decides the augmentation ...
     assert torch.equal(torch.get_rng_state(), before)  # ... and the caller's random state is untouched
     assert not torch.equal(x, train[(5, 124)][0])
-    evaluate = TransformedImages(bundle.test, image_eval_transform(24, bundle.mean, bundle.std))
+    evaluate = TransformedImages(bundle.test, eval_transform(bundle.spec))
     a, _ = evaluate[0]
     assert a.shape == (3, 24, 24) and torch.equal(a, evaluate[0][0])
     # eval: resize the short side to 24 * 256 / 224 = 27, centre crop 24; check against a hand-built pipeline

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from deploy_runs import evaluate_scores, split_images, train_tiny
 from longtail.checkpoint import load_checkpoint, save_atomic
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
-from longtail.data.transforms import image_eval_transform
+from longtail.data.transforms import eval_transform
 from longtail.deployment import preprocessing
+from longtail.input_spec import InputSpec
 from test_target_prior import target_scores
 
 
@@ -176,7 +178,7 @@ def test_class_names_from_the_checkpoint(run, tmp_path, capsys):
 
 def test_colour_images_into_a_grey_model_use_pillow_luma(tmp_path):
     cfg = load_config("configs/fmnist_lt/ce_imba100.yaml")
-    prep = preprocessing(cfg, {"in_channels": 1, "mean": [0.5], "std": [0.25]})
+    prep = preprocessing(cfg, {"input": InputSpec(1, 28, (0.5,), (0.25,), crop_pct=1.0).to_dict()})
     Image.new("RGB", (28, 28), (200, 10, 10)).save(tmp_path / "red.png")
     loaded = prep.load(tmp_path / "red.png")
     # Pillow's L = (19595 R + 38470 G + 7471 B + 2^15) >> 16 = 4411178 >> 16 = 67
@@ -189,13 +191,15 @@ def test_colour_images_into_a_grey_model_use_pillow_luma(tmp_path):
 def test_image_list_runs_use_their_evaluation_transform(tmp_path):
     cfg = load_config(None, ["dataset.name=imagenet_lt", "data.image_size=32"])
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    prep = preprocessing(cfg, {"in_channels": 3, "mean": mean, "std": std})
+    prep = preprocessing(cfg, {"input": InputSpec(3, 32, tuple(mean), tuple(std)).to_dict()})
     pixels = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
     Image.fromarray(pixels, mode="L").save(tmp_path / "grey.png")  # grey file, RGB model: three equal channels
     loaded = prep.load(tmp_path / "grey.png")
     assert loaded.shape == (3, 50, 70) and torch.equal(loaded[0], loaded[2])
-    expected = image_eval_transform(32, tuple(mean), tuple(std))(loaded)  # Resize(37) + CenterCrop(32)
-    assert prep.resize == 37 and torch.equal(prep(loaded), expected)
+    expected = eval_transform(prep.spec)(loaded)  # Resize(37) + CenterCrop(32)
+    assert prep.spec.eval_resize_size() == 37 and torch.equal(prep(loaded), expected)
+    by_hand = F.center_crop(F.resize(loaded, [37], antialias=True), [32, 32]).float() / 255
+    assert torch.allclose(prep(loaded), (by_hand - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1), atol=1e-6)
 
 
 def test_a_label_shift_spec_is_its_exponential_profile(run, tmp_path, capsys):

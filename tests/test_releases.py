@@ -31,6 +31,7 @@ from longtail.data.transforms import eval_transform
 from longtail.distributed import Runtime
 from longtail.engine import fit
 from longtail.errors import LongtailError
+from longtail.input_spec import InputSpec
 from longtail.models import create_model
 from longtail.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -164,7 +165,7 @@ def test_dataset_counts_normalisation_and_holdout(tmp_path):
     root = write_fake_release(tmp_path, "cifar10", COUNTS, test_per_class=6)
     bundle = build_data(load_config(GOOGLE["cifar10_lt"]["loss"], _overrides(root)))
     assert bundle.class_counts == COUNTS and len(bundle.test) == 60 and bundle.val is None
-    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (1.0, 1.0, 1.0)  # x / 255 - 0.5
+    assert bundle.spec.mean == (0.5, 0.5, 0.5) and bundle.spec.std == (1.0, 1.0, 1.0)  # x / 255 - 0.5
     held = build_data(load_config(GOOGLE["cifar10_lt"]["loss"], _overrides(root, "dataset.val_source=test_holdout",
                                                                              "dataset.val_per_class=2")))
     assert len(held.val) == 20 and len(held.test) == 40 and held.class_counts == COUNTS
@@ -267,9 +268,10 @@ def test_norm_weight_decay_leaves_batchnorm_alone():
 def _pipelines(drop_last: bool, n: int = 70, batch: int = 32):
     labels = torch.arange(n) % 5
     split = TensorImages(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8), labels)
-    device = DevicePipeline(split, EpochSampler(labels, seed=1), batch, 1, torch.device("cpu"), (0.5,) * 3, (1.0,) * 3,
+    spec = InputSpec(3, 8, (0.5,) * 3, (1.0,) * 3, crop_pct=1.0)
+    device = DevicePipeline(split, EpochSampler(labels, seed=1), batch, 1, torch.device("cpu"), spec,
                             BatchAugment(8, 8, crop=False, flip=False), drop_last=drop_last)
-    loader = LoaderPipeline(TransformedImages(split, eval_transform((0.5,) * 3, (1.0,) * 3)), SeededSampler(EpochSampler(labels, seed=1)),
+    loader = LoaderPipeline(TransformedImages(split, eval_transform(spec)), SeededSampler(EpochSampler(labels, seed=1)),
                             batch, seed=1, drop_last=drop_last)
     return device, loader
 
@@ -414,4 +416,5 @@ def test_predict_and_export_see_32_pixel_images_normalised_as_trained(google_run
     run, _ = google_runs["loss"]
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     prep = preprocessing(from_dict(ckpt["config"]), ckpt)
-    assert (prep.size, prep.resize, tuple(prep.mean), tuple(prep.std)) == (32, 32, (0.5,) * 3, (1.0,) * 3)  # no centre crop
+    spec = prep.spec
+    assert (spec.size, spec.eval_resize_size(), spec.mean, spec.std) == (32, 32, (0.5,) * 3, (1.0,) * 3)  # no centre crop

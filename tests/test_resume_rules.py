@@ -67,7 +67,8 @@ def test_a_resume_settles_what_a_kill_left_half_done(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     best = tmp_path / "checkpoints" / "best.pt"
     payload = {"model": {"w": torch.ones(2)}, "config": {}, "num_classes": 2, "in_channels": 1,
-               "class_counts": [2, 1], "mean": [0.5], "std": [0.5]}
+               "class_counts": [2, 1], "input": {"channels": 1, "size": 28, "crop_pct": 1.0, "mean": [0.5], "std": [0.5],
+                                                 "interpolation": "bilinear"}}
     save_atomic({**payload, "model": {"w": torch.zeros(2)}, "epoch": 1}, best)  # the previous best
     (tmp_path / "checkpoints" / ".last.pt.abcd.tmp").write_bytes(b"half")
     (tmp_path / "epochs.jsonl.tmp").write_text("{")

@@ -1,5 +1,5 @@
 """One rule for a target prior (priors.py) through predict, evaluate, shift and export; the calibration and
-input contract stored with a run (run.py); `evaluate RUN` reproducing metrics.json; component names checked
+input spec stored with a run (run.py); `evaluate RUN` reproducing metrics.json; component names checked
 when the config is read; no import cycles."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SRC, cli_env
+from conftest import SRC, cli_env, import_graph
 from deploy_runs import TINY, evaluate_scores, normalised, split_images
 from conftest import write_fake_fmnist
 from longtail.calibration import fit_bcts
@@ -28,7 +28,7 @@ from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.engine import fit
 from longtail.errors import LongtailError
 from longtail.evaluation import load_outputs
-from longtail.run import input_contract, input_contract_of, load_run, resolve_checkpoint
+from longtail.run import load_run, resolve_checkpoint
 from longtail.shift import run_shift
 
 TEST_PER_CLASS = 50  # backward-50 keeps 50 .. 1 test images per class
@@ -228,20 +228,17 @@ def test_evaluate_applies_the_runs_own_rule_and_equals_metrics_json(tmp_path, ca
     capsys.readouterr()
 
 
-# ----------------------------------------------------------------------------- the input contract
+# ----------------------------------------------------------------------------- the input spec
 
 
-def test_the_input_contract_travels_in_the_checkpoint(ce):
+def test_the_input_spec_travels_in_the_checkpoint_once(ce):
     run_dir, _ = ce
     cfg, ckpt, _ = load_run(run_dir)
     stored = ckpt["input"]
-    assert stored == {"channels": 1, "image_size": 28, "resize": 28, "mean": ckpt["mean"], "std": ckpt["std"],
-                      "interpolation": "bilinear"}
+    assert stored == {"channels": 1, "size": 28, "crop_pct": 1.0, "mean": [pytest.approx(0.2860, abs=1e-4)],
+                      "std": [pytest.approx(0.3530, abs=1e-4)], "interpolation": "bilinear"}  # Fashion-MNIST's own
+    assert "mean" not in ckpt and "std" not in ckpt and ckpt["format_version"] == 2  # stored once
     json.dumps(stored)  # plain data
-    del ckpt["input"]  # a checkpoint written before the contract was stored: the same, from its config
-    assert input_contract_of(cfg, ckpt) == stored
-    files = input_contract(load_config(None, ["dataset.name=folder", "data.image_size=160"]), 3, [0.5] * 3, [0.25] * 3)
-    assert files["image_size"] == 160 and files["resize"] == round(160 * 256 / 224)
 
 
 def test_predict_takes_positional_overrides(ce, tmp_path, capsys):
@@ -309,30 +306,8 @@ def test_train_with_a_misspelt_loss_fails_before_torch_is_imported(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _imports() -> dict[str, set[str]]:
-    """longtail module -> the longtail modules it imports anywhere (top level or inside functions)."""
-    root = SRC / "longtail"
-    modules = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p for p in root.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1] if node.level else []
-                target = ".".join(base + ([node.module] if node.module else []))
-                for alias in node.names:  # `from . import distributed` names a module
-                    sub = f"{target}.{alias.name}"
-                    found.add(sub if sub in modules else target)
-            elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
-
-
 def test_no_import_cycles():
-    graph, state, cycles = _imports(), {}, []
+    graph, state, cycles = import_graph(), {}, []
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = "open"

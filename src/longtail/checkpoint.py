@@ -4,6 +4,14 @@ so a half-written file never replaces a good one and a stranger's file cannot ru
 A checkpoint is a dict of plain data (tensors, numbers, strings, lists, dicts). `load_checkpoint`
 checks its structure before anyone indexes into it, so a foreign or damaged file is one clear
 error instead of a KeyError deep in the engine.
+
+Every checkpoint records its format (`format_version`) and the longtail that wrote it (`longtail_version`).
+Formats:
+  1  longtail 0.1.0 before the input spec: mean and std at the top level, and (later 0.1.0 files) the input
+     contract ckpt["input"] = {channels, image_size, resize, mean, std, interpolation}
+  2  the input spec ckpt["input"] = input_spec.InputSpec.to_dict(), stored once (no top-level mean/std)
+A format-1 file is converted on load, in `upgrade` (the one place that knows format 1); a file of a newer
+format than this longtail's is refused with one line naming both.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import __version__
 from .errors import LongtailError, one_line
+from .input_spec import InputSpec, eval_resize
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Entries every checkpoint carries (what evaluating it needs), and a check of each one's type.
 _IS_INT = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
@@ -34,9 +44,17 @@ REQUIRED: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "num_classes": ("a positive integer", lambda v: _IS_INT(v) and v > 0),
     "in_channels": ("a positive integer", lambda v: _IS_INT(v) and v > 0),
     "class_counts": ("a list of integers", lambda v: isinstance(v, list) and all(_IS_INT(c) for c in v)),
+    "input": ("a dict (the input spec)", lambda v: isinstance(v, dict)),
+}
+# Format 1 held the normalisation at the top level instead of "input".
+REQUIRED_V1: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **{k: v for k, v in REQUIRED.items() if k != "input"},
     "mean": ("a list of numbers", lambda v: isinstance(v, list) and all(_IS_NUMBER(c) for c in v)),
     "std": ("a list of numbers", lambda v: isinstance(v, list) and all(_IS_NUMBER(c) for c in v)),
 }
+# Format 1 files without ckpt["input"] predate the image-file datasets' contract: the datasets then held in memory
+# and their native sides (every other dataset was cropped to data.image_size with the 256/224 resize)
+_V1_IN_MEMORY_SIZE = {"fmnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}
 
 
 def _is_launch_list(v: Any) -> bool:
@@ -59,15 +77,15 @@ TRAINING_STATE: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write `obj` to `path` so that `path` always holds either the old or the new complete file.
-    A failed write (disk full) leaves the old file and raises LongtailError."""
+    """Write `obj` to `path` so that `path` always holds either the old or the new complete file, stamped with
+    this longtail's format and version. A failed write (disk full) leaves the old file and raises LongtailError."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **obj}, f)
+            torch.save({**obj, "format_version": FORMAT_VERSION, "longtail_version": __version__}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -137,15 +155,50 @@ def load_checkpoint(path: str | Path, require: Sequence[str] = ()) -> dict[str, 
         raise LongtailError(f"checkpoint '{path}' is corrupt or truncated ({type(exc).__name__}); use another checkpoint") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise LongtailError(f"'{path}' is not a longtail checkpoint (no format_version/model entries)")
-    checks = {**REQUIRED, **{k: TRAINING_STATE[k] for k in require}}
+    fmt = ckpt["format_version"]
+    if _IS_INT(fmt) and fmt > FORMAT_VERSION:
+        writer = ckpt.get("longtail_version", "a newer longtail")
+        raise LongtailError(f"checkpoint '{path}' has format {fmt} (written by longtail {writer}); this longtail {__version__} "
+                            f"reads formats up to {FORMAT_VERSION}: upgrade longtail")
+    checks = {**(REQUIRED_V1 if fmt == 1 else REQUIRED), **{k: TRAINING_STATE[k] for k in require}}
     for key, (what, ok) in checks.items():
         if key not in ckpt:
             raise LongtailError(f"checkpoint '{path}' lacks its '{key}' entry; it was not written by longtail or is damaged")
         if not ok(ckpt[key]):
             raise LongtailError(f"checkpoint '{path}' has a '{key}' entry that is not {what}; it was not written by longtail or is damaged")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise LongtailError(f"checkpoint '{path}' has format {ckpt['format_version']}, newer than this longtail ({FORMAT_VERSION}); upgrade longtail")
+    if fmt < 1:
+        raise LongtailError(f"checkpoint '{path}' has format {fmt}, which no longtail wrote; it is damaged")
+    ckpt = upgrade(ckpt, path)
+    InputSpec.from_dict(ckpt["input"], f"checkpoint '{path}'")  # a damaged spec is one line here, not a KeyError later
     return ckpt
+
+
+def upgrade(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A checkpoint of format 1 as format 2: the input spec from its contract (resize R = S: crop_pct 1.0; R =
+    round(S * 256 / 224), the only other value format 1 wrote: crop_pct None, the same rule), or for the oldest
+    files, without a contract, from the config and channels as longtail then built it. Evaluating the converted
+    checkpoint feeds the network exactly the pixels the old one did (tests/test_input_spec.py, on a stored file)."""
+    if ckpt["format_version"] != 1:
+        return ckpt
+    ckpt = dict(ckpt)
+    mean, std, old = ckpt.pop("mean"), ckpt.pop("std"), ckpt.pop("input", None)
+    config = ckpt["config"]
+    if old is None:
+        dataset, data = config.get("dataset", {}), config.get("data", {})
+        native = _V1_IN_MEMORY_SIZE.get(dataset.get("name"))
+        size = native if native is not None else data.get("image_size", 224)
+        old = {"channels": ckpt["in_channels"], "image_size": size, "resize": size if native is not None else eval_resize(size, None),
+               "interpolation": "bilinear"}
+    try:
+        size, resize = int(old["image_size"]), int(old["resize"])
+        crop_pct = 1.0 if resize == size else None if resize == eval_resize(size, None) else size / resize
+        spec = InputSpec(int(old["channels"]), size, tuple(mean), tuple(std), crop_pct, str(old["interpolation"]))
+    except (KeyError, TypeError, ValueError):
+        raise LongtailError(f"checkpoint '{path}' (format 1) has a damaged input contract; it cannot be converted") from None
+    if spec.eval_resize_size() != resize:
+        raise LongtailError(f"checkpoint '{path}' (format 1) resizes to {resize} before its {size} px crop, which no longtail "
+                            "wrote; it cannot be converted")
+    return {**ckpt, "input": spec.to_dict(), "format_version": FORMAT_VERSION}
 
 
 def load_state(module: nn.Module, state: dict[str, Any], what: str, source: str | Path) -> None:

@@ -66,6 +66,10 @@ class DataConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None  # per-channel divisor of that normalisation (0..1 scale); null: the dataset's own
     drop_last: bool = False  # drop the last partial training batch of every epoch (steps = floor(N / batch))
+    # evaluation resize ratio, 0 < x <= 1: the short side becomes floor(S / crop_pct), then the centre S x S is kept
+    # (0.875: 224 -> 256; LIFT's Resize(S * 8 // 7)). null: the pretrained backbone's own (timm's pretrained_cfg,
+    # 1.0 for CLIP), else round(S * 256 / 224) for image files and the whole image for in-memory datasets
+    crop_pct: Optional[float] = None
 
 
 @dataclass
@@ -80,14 +84,19 @@ class ModelConfig:
     classifier: str = "linear"  # linear (with bias) | cosine (s * cos(w_c, f), LDAM's normalised head)
     scale: float = 30.0  # s of a cosine classifier (LIFT's code uses 25 with CLIP)
     # which parameters train (models/finetune.py): full (all) | linear (the classifier only) | bias (every bias and the
-    # classifier, BitFit) | lora (peft's LoRA on the attention and MLP projections + classifier) | adapter (an
-    # AdaptFormer bottleneck in parallel with each MLP block + classifier); lora and adapter need a transformer backbone
+    # classifier, BitFit) | block_bias (the biases inside the transformer blocks + classifier, LIFT's bias_tuning) |
+    # lora (peft's LoRA on the attention and MLP projections + classifier) | lora_qv (LIFT's LoRA on the queries and
+    # values + classifier) | adapter (an AdaptFormer bottleneck in parallel with each MLP block + classifier); lora,
+    # lora_qv and adapter need a transformer backbone; zero_shot (clip/ models): nothing trains, the head is CLIP's,
+    # the text embeddings of model.prompt (evaluate only)
     finetune: str = "full"
-    lora_rank: int = 8  # model.finetune=lora: rank r of each LoRA update (peft's lora_alpha = r, so the update is B A)
+    lora_rank: int = 8  # model.finetune=lora / lora_qv: rank r of each LoRA update (lora: alpha = r, so B A; lora_qv: x A B / r)
     adapter_dim: Optional[int] = None  # model.finetune=adapter: bottleneck width; null: LIFT's 2**floor(log2(C / 2L))
     # how the classifier starts (models/head_init.py): random | class_means (the normalised mean feature of each class
     # over the training set, one pass) | text (clip/ models: the normalised text embedding of "a photo of a {name}.")
     head_init: str = "random"
+    # head_init text and finetune zero_shot: the prompt of each class name ("{}" is the name, "_" read as a space)
+    prompt: str = "a photo of a {}."
 
 
 @dataclass
@@ -120,6 +129,9 @@ class TrainConfig:
     gamma: float = 0.1  # multistep: lr factor at each milestone
     warmup_epochs: float = 0.0  # linear warmup length in epochs (fractions allowed)
     warmup_start_factor: float = 0.0  # lr multiplier at the start of warmup
+    # step: the schedule moves every step (fractional epoch); epoch: it holds within an epoch (torch's scheduler
+    # stepped once per epoch, as LIFT's CosineAnnealingLR)
+    schedule_per: str = "step"
     eval_every: int = 1  # validate every N epochs
     # best_val | last | best_test (the released codes' protocol, chosen on the TEST set: optimistic, and every
     # output of the run says SELECTED ON TEST; see selection.py)
@@ -145,6 +157,10 @@ class EvalConfig:
     # also test every evaluated epoch and record test_* (and test_<posthoc>_*) in epochs.jsonl, as the
     # released logit-adjustment code logs them; never used to choose the reported epoch (train.select does)
     test_every_epoch: bool = False
+    # test-time ensembling (tte.py): none | flip (the evaluation crop and its mirror) | fivecrop | tencrop (torchvision's
+    # crops of the image resized to data.image_size + eval.tte_expand, tencrop adding their mirrors); logits averaged
+    tte: str = "none"
+    tte_expand: int = 24  # fivecrop/tencrop: pixels added to the crop size for the resize before cropping (LIFT's expand)
 
 
 @dataclass
@@ -170,9 +186,11 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
     "data.sampler": ("random", "class_balanced"),
     "loss.variant": ("released", "paper"),
     "train.schedule": ("multistep", "cosine", "constant"),
+    "train.schedule_per": ("step", "epoch"),
     "train.select": ("best_val", "last", "best_test"),
     "eval.posthoc": ("none", "la", "pn", "tau_norm"),
     "eval.pn_mass": ("val", "transductive"),
+    "eval.tte": ("none", "flip", "fivecrop", "tencrop"),
     "model.classifier": ("linear", "cosine"),
     # component names, so a misspelt one fails before any data is built; each list equals the keys of its
     # name table (data.IN_MEMORY + data.IMAGE_LISTS, models.MODELS, losses.LOSSES, models.finetune.FINETUNE,
@@ -183,7 +201,7 @@ CHOICES: dict[str, tuple[Union[str, bool], ...]] = {
                    "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts", "resnet152_experts",
                    "resnet32_keras", "resnet18_cifar", "resnet34_cifar"),
     "loss.name": ("ce", "la", "gala", "bagmar", "balanced_softmax", "lgla", "ldam_drw"),
-    "model.finetune": ("full", "linear", "bias", "lora", "adapter"),
+    "model.finetune": ("full", "linear", "bias", "block_bias", "lora", "lora_qv", "adapter", "zero_shot"),
     "model.head_init": ("random", "class_means", "text"),
 }
 # Names a key also takes by prefix: any timm network as timm/<name> (models/timm_models.py), any open_clip
@@ -380,8 +398,14 @@ def _check_ranges(cfg: Config) -> None:
         raise LongtailError(f"config key 'data.randaugment_magnitude' runs 0..30 (torchvision's scale), got {cfg.data.randaugment_magnitude}")
     if cfg.data.std is not None and not all(v > 0 for v in cfg.data.std):
         raise LongtailError(f"config key 'data.std' must hold positive values, got {cfg.data.std}")
+    if cfg.data.crop_pct is not None and not 0 < cfg.data.crop_pct <= 1:
+        raise LongtailError(f"config key 'data.crop_pct' must lie in (0, 1] (or null: the backbone's own), got {cfg.data.crop_pct}")
     if cfg.data.image_size < 8:
         raise LongtailError(f"config key 'data.image_size' must be at least 8 pixels, got {cfg.data.image_size}")
+    if cfg.eval.tte_expand < 0:
+        raise LongtailError(f"config key 'eval.tte_expand' must be >= 0 pixels, got {cfg.eval.tte_expand}")
+    if cfg.model.prompt.count("{}") != 1:
+        raise LongtailError(f"config key 'model.prompt' must hold one '{{}}' where the class name goes, got {_short(cfg.model.prompt)}")
     if cfg.dataset.num_classes is not None and cfg.dataset.num_classes < 1:
         raise LongtailError(f"config key 'dataset.num_classes' must be at least 1 or null, got {cfg.dataset.num_classes}")
     _check_consistency(cfg)

@@ -1,14 +1,12 @@
 """What `longtail predict` and `longtail export` share: a saved run made ready for use outside training.
 
 - Class names: the checkpoint's `class_names`, else the index strings "0" .. "C-1".
-- Preprocessing (`Preprocessing`): the run's input contract (run.input_contract, stored in the checkpoint),
-  from an image file to the normalised float32 (C, S, S) tensor the network takes: short side resized to R
-  (antialiased) and centre-cropped to S x S, unless the image is already S x S and R = S (in-memory datasets:
-  R = S, their native size; image files: R = round(S * 256 / 224), as evaluation does). Colour follows the
-  checkpoint's channels: a grey model converts colour images to Pillow's 'L' (ITU-R 601-2 luma), an RGB
-  model converts grey ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] with the contract's mean/std.
-  A run from a pretrained timm/ or clip/ backbone stores the backbone's interpolation (bicubic for CLIP) and
-  input size in its contract (models.backbone_preprocessing, data.with_backbone_preprocessing).
+- Preprocessing (`Preprocessing`): the run's input spec (input_spec.InputSpec, stored in the checkpoint), from
+  an image file to the normalised float32 (C, S, S) tensor the network takes: short side resized to R =
+  floor(S / crop_pct) (or round(S * 256 / 224)), antialiased with the spec's interpolation, and centre-cropped to
+  S x S, unless the image is already S x S and R = S; evaluation does the same. Colour follows the spec's
+  channels: a grey model converts colour images to Pillow's 'L' (ITU-R 601-2 luma), an RGB model converts grey
+  ones to 'RGB'. Then x = (pixel / 255 - mean[c]) / std[c] (input_spec.normalize).
 - The prediction rule as per-class constants (`ScoreRule`): scores = logits * scale + bias, from the run's
   eval.posthoc / eval.tau unless overridden:
 
@@ -26,8 +24,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +39,9 @@ from .errors import LongtailError, one_line
 from .metrics import class_names_of
 from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
 from .priors import log_target_prior, target_prior_scores
-from .run import calibrator_of, input_contract_of, load_run, restore_model, rule_of, training_counts
+from .input_spec import InputSpec
+from .run import calibrator_of, input_spec_of, restore_model, rule_of, training_counts
+from .zeroshot import load_run
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 
@@ -52,12 +53,16 @@ COLOR_MODES = {1: "L", 3: "RGB"}
 class Preprocessing:
     """From an image file to the network's normalised input (see the module docstring)."""
 
-    channels: int
-    size: int  # the network's input is size x size
-    resize: int  # short side before the centre crop
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"  # a pretrained backbone's (models.backbone_preprocessing)
+    spec: InputSpec
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def size(self) -> int:
+        """The network's input is size x size."""
+        return self.spec.size
 
     @property
     def color(self) -> str:
@@ -73,38 +78,34 @@ class Preprocessing:
         tensor = torch.from_numpy(np.asarray(image.convert(self.color)).copy())
         return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (C, H, W) -> float32 (C, S, S), normalised."""
-        from torchvision.transforms import InterpolationMode, v2
-
+    @cached_property
+    def transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """data.transforms.eval_transform of the spec, built once."""
         from .data.transforms import eval_transform
 
-        if self.resize != self.size or tuple(image.shape[-2:]) != (self.size, self.size):
-            resize = v2.Resize(self.resize, interpolation=InterpolationMode(self.interpolation), antialias=True)
-            image = v2.CenterCrop(self.size)(resize(image))
-        return eval_transform(self.mean, self.std)(image)
+        return eval_transform(self.spec)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (C, H, W) -> float32 (C, S, S), normalised."""
+        return self.transform(image)
 
     def metadata(self) -> dict:
-        """The input contract, for an export's metadata and the docs."""
-        keep = f" (an image of exactly {self.size} x {self.size} is used as it is)" if self.resize == self.size else ""
+        """The input spec, for an export's metadata and the docs."""
+        spec = self.spec
         return {
             "layout": "NCHW", "dtype": "float32", "channels": self.channels, "color": self.color,
-            "size": [self.size, self.size], "mean": list(self.mean), "std": list(self.std),
+            "size": [self.size, self.size], "mean": list(spec.mean), "std": list(spec.std),
             "normalisation": "x[c] = (pixel[c] / 255 - mean[c]) / std[c], pixels as 0..255 integers",
-            "resize": f"short side to {self.resize} ({self.interpolation}, antialiased), then centre crop {self.size} x {self.size}{keep}",
+            "resize": spec.describe_resize(), "spec": spec.to_dict(),
         }
 
 
 def preprocessing(cfg: Config, ckpt: dict) -> Preprocessing:
-    """The run's input contract (run.input_contract_of) as a callable transform."""
-    contract = input_contract_of(cfg, ckpt)
-    channels = contract["channels"]
-    if channels not in COLOR_MODES:
-        raise LongtailError(f"the checkpoint takes {channels}-channel images; predict and export handle 1 (grey) or 3 (RGB) channels")
-    mean, std = tuple(contract["mean"]), tuple(contract["std"])
-    if len(mean) != channels or len(std) != channels:
-        raise LongtailError(f"the checkpoint's mean/std have {len(mean)}/{len(std)} values for {channels} channels; the checkpoint is damaged")
-    return Preprocessing(channels, int(contract["image_size"]), int(contract["resize"]), mean, std, contract["interpolation"])
+    """The run's input spec (run.input_spec_of) as a callable transform."""
+    spec = input_spec_of(cfg, ckpt)
+    if spec.channels not in COLOR_MODES:
+        raise LongtailError(f"the checkpoint takes {spec.channels}-channel images; predict and export handle 1 (grey) or 3 (RGB) channels")
+    return Preprocessing(spec)
 
 
 # ----------------------------------------------------------------------------- the prediction rule

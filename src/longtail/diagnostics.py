@@ -81,9 +81,9 @@ def _in_memory_sizes(cfg: Config) -> dict:
 
 
 def _file_sizes(cfg: Config) -> dict:
-    from .data import build_data
+    from .run import load_data
 
-    bundle = build_data(cfg)
+    bundle = load_data(cfg)
     sizes = {"counts": bundle.class_counts, "names": bundle.names(), "notes": bundle.notes,
              "sizes_from": "the lists of the data files (no image decoded)", "split_files": bundle.split_files}
     for split in ("val", "test"):

@@ -27,13 +27,14 @@ from . import distributed, selection
 from .calibration import calibration_summary
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
-from .data import DataBundle, build_data
+from .data import DataBundle
 from .data.pipeline import TrainBatches, eval_batches, eval_splits_on_device, train_batches
 from .data.samplers import epoch_generator
 from .distributed import Runtime
 from .errors import LongtailError
 from .losses import Loss, create_loss
 from .metrics import with_class_names
+from .input_spec import CONFIG_KEYS as INPUT_KEYS
 from .inference import autocast, describe, evaluate_split, predict_split, prepare_model, to_layout
 from .models import create_model
 from .models import finetune
@@ -41,7 +42,7 @@ from .models.freeze import train_mode
 from .models.head_init import initialise_head
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
-from .run import fit_calibrator, input_contract, store_calibrator
+from .run import fit_calibrator, load_data, store_calibrator
 from .posthoc import check_posthoc, classifier_weight, configured_metrics, format_configured
 
 # Keys that may change between a run and its resume without changing what is computed.
@@ -157,6 +158,15 @@ def _config_differences(saved: Config, current: Config) -> list[str]:
     return sorted(k for k in after if k not in RESUME_SAFE_KEYS and before.get(k) != after[k])
 
 
+def _stored_input(cfg: Config, resume_ckpt: Optional[dict]) -> Optional[dict]:
+    """A resumed run keeps the input spec it was trained with (its last.pt's), unless --allow-config-change changed
+    a data.* key of the spec; then, and for a fresh run, the spec is built from the config."""
+    if resume_ckpt is None:
+        return None
+    changed = _config_differences(from_dict(resume_ckpt["config"]), cfg)
+    return None if any(k in changed for k in INPUT_KEYS) else resume_ckpt
+
+
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     write_text_atomic(run_dir / "epochs.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
@@ -177,19 +187,11 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
         "class_names": bundle.names(),
         "num_classes": bundle.num_classes,
         "in_channels": bundle.in_channels,
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
-        "input": input_contract(cfg, bundle.in_channels, bundle.mean, bundle.std, native_size(bundle), bundle.interpolation),
+        "input": bundle.spec.to_dict(),  # the one record of mean, std, size and resize (input_spec.py)
         "model": finetune.model_state(model, cfg.model),
         **({"base": base} if (base := finetune.base_identity(cfg.model)) is not None else {}),
         **extra,
     }
-
-
-def native_size(bundle: DataBundle) -> Optional[int]:
-    """The side of an in-memory dataset's images as the network sees them (their own, or a pretrained backbone's
-    input size they are resized to); None for image files."""
-    return int(bundle.resize or bundle.train.images.shape[-1]) if bundle.in_memory else None
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
@@ -254,7 +256,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
 
     _set_determinism(cfg, runtime.device)
     torch.manual_seed(cfg.seed)
-    bundle = eval_splits_on_device(build_data(cfg), runtime.device)
+    bundle = eval_splits_on_device(load_data(cfg, _stored_input(cfg, resume_ckpt)), runtime.device)
     model = _build_model(cfg, bundle, runtime, fresh=resume_ckpt is None).to(runtime.device)
     if runtime.distributed and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, runtime.device)

@@ -15,12 +15,13 @@ import torch
 from . import distributed
 from .calibration import calibration_summary
 from .config import Config
-from .data import build_data, long_tailed_counts
+from .data import long_tailed_counts
 from .inference import predict_split
 from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
 from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
-from .run import check_bundle, fit_calibrator, load_run, restore_model, rule_of
+from .run import check_bundle, fit_calibrator, load_data, restore_model, rule_of
+from .zeroshot import load_run
 from .selection import protocol_fields
 
 
@@ -58,7 +59,7 @@ def outputs_of(cfg: Config, ckpt: dict, ckpt_path: Path, splits: Sequence[str]) 
     """Run a loaded checkpoint once over each split named (val and/or test)."""
     runtime = distributed.setup(cfg.device)
     try:
-        bundle = build_data(cfg)
+        bundle = load_data(cfg, ckpt)  # the run's stored input spec
         check_bundle(bundle, ckpt)
         model = restore_model(cfg, ckpt, runtime.device, ckpt_path)
         data = {"val": bundle.val, "test": bundle.test}

@@ -41,6 +41,7 @@ from .deployment import Deployment, ScoreRule, load_deployment
 from .errors import LongtailError, one_line
 from .priors import target_prior_scores
 from .run import run_directory
+from .tte import refuse_export
 from .models.lora import merge_lora
 
 INSTALL_HINT = 'pip install "longtail[export]"'
@@ -241,6 +242,7 @@ def export_run(run: str | Path, fmt: str, out: Optional[str | Path] = None, prio
     # with prior_input, a uniform prior stands in while loading: it checks the stored calibration, and the
     # graph takes log q as its input
     deployment = load_deployment(run, overrides, posthoc, tau, torch.device("cpu"), prior="uniform" if prior_input else None)
+    refuse_export(deployment.cfg)  # eval.tte averages views: no single-view graph computes it
     path = Path(out) if out is not None else run_directory(run) / f"model{SUFFIXES[fmt]}"
     scored, folded = prepared_model(deployment, prior_input)
     meta = metadata(deployment, fmt, folded, prior_input)

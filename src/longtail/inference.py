@@ -17,7 +17,7 @@ from typing import Iterable, Union
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, tte
 from .config import Config
 from .data import DataBundle
 from .data.pipeline import eval_batches
@@ -93,9 +93,12 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
     outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
     for x, y in batches:
-        x = to_layout(x, cfg, runtime.device)
+        views = tte.batch_views(x)  # eval.tte: (B, K, C, H, W), the K views' logits averaged
+        x = to_layout(x if views is None else x.flatten(0, 1), cfg, runtime.device)
         with autocast(cfg, runtime.device):
             out = model(x)
+        if views is not None:
+            out = tte.average({k: v for k, v in out.items() if k != "features"}, views)
         for key, value in out.items():
             if key == "features":  # not returned; keeping them would only cost memory
                 continue
@@ -111,7 +114,9 @@ def predict(model: nn.Module, batches: Iterable, cfg: Config, runtime: Runtime) 
 
 
 def predict_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict[str, torch.Tensor]:
-    return predict(model, eval_batches(split, bundle, cfg, runtime), cfg, runtime)
+    """`predict` over a split, each image as the views of eval.tte (tte.py) when it is set."""
+    batches = tte.eval_batches if tte.enabled(cfg) else eval_batches
+    return predict(model, batches(split, bundle, cfg, runtime), cfg, runtime)
 
 
 def evaluate_split(model: nn.Module, split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> dict:

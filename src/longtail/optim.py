@@ -59,6 +59,8 @@ def build_scheduler(
     if start_step > 0:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
+    per_epoch = cfg.schedule_per == "epoch"  # the lr of the epoch's start for all its steps
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch), last_epoch=start_step - 1,
+        optimizer, lambda step: lr_factor(cfg, step // steps_per_epoch if per_epoch else step / steps_per_epoch),
+        last_epoch=start_step - 1,
     )

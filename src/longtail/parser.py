@@ -7,6 +7,12 @@ from __future__ import annotations
 import argparse
 
 
+def _version() -> str:
+    from . import __version__  # the package's __init__ imports no torch
+
+    return __version__
+
+
 def _rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"], help="prediction rule (default: the run's eval.posthoc)")
     parser.add_argument("--tau", type=float, help="strength of the correction (default: the run's eval.tau)")
@@ -14,6 +20,8 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification.")
+    parser.add_argument("--version", action="version", version=f"longtail {_version()}",
+                        help="print longtail's version and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads for this command (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -26,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-config-change", action="store_true", help="resume even if the config changed")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run directory or checkpoint")
-    evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
+    evaluate.add_argument("run", help="run directory (uses checkpoints/best.pt), a .pt checkpoint, or a config with "
+                          "model.finetune=zero_shot (CLIP without training)")
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
     evaluate.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"],
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, metavar="N", help="runs at once (local: default 1, each with cores/N threads; "
                        "slurm: array tasks at once, default no limit)")
     sweep.add_argument("--dry-run", action="store_true", help="list every run and step as done, partial or to do; run nothing")
-    for flag, kind, text in (("--partition", str, "Slurm partition"), ("--time", str, "time limit per job: minutes or H:MM:SS"),
+    for flag, kind, text in (("--partition", str, "Slurm partition"), ("--time", str, "time limit per job: minutes, H:MM:SS or D-HH:MM:SS"),
                              ("--nodes", int, "nodes per training job (one DDP run over all of them)"),
                              ("--gpus", int, "GPUs per node of a job, one training process each (DDP)"),
                              ("--tasks-per-node", int, "training processes per node on a CPU partition (DDP over gloo)"),

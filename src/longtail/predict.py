@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import tte
 from .deployment import Preprocessing, load_deployment
 from .errors import LongtailError, one_line
 
@@ -243,7 +244,7 @@ def predict_paths(
 
     stream, writer = _open_output(out, k)
     summary = PredictionSummary(len(files), 0, out=str(out) if isinstance(out, (str, Path)) else None, rule=rule.describe())
-    loader = DataLoader(ImageFiles(files, deployment.preprocessing), batch_size=batch_size or deployment.cfg.eval.batch_size,
+    loader = DataLoader(ImageFiles(files, tte.preprocessing(deployment.preprocessing, deployment.cfg)), batch_size=batch_size or deployment.cfg.eval.batch_size,
                         num_workers=workers, collate_fn=_collate)
     try:
         with tqdm(total=len(files), unit="img", desc="predict", disable=None if progress else True, file=sys.stderr) as bar:

@@ -1,16 +1,11 @@
 """One home for a trained run: where its checkpoint is, its config, its model, its class names, its input
-contract, its prediction rule, its calibration and its training counts. evaluation, tune, shift, predict and
-export stand on this module; it runs no data.
+spec, its prediction rule, its calibration and its training counts. evaluation, tune, shift, predict and
+export stand on this module; it builds the data (`load_data`) but runs no model over it.
 
-The input contract (`input_contract`, stored as ckpt["input"] by the engine): how an image file becomes the
-network's input, as plain JSON data
-
-    {"channels": C, "image_size": S, "resize": R, "mean": [...], "std": [...], "interpolation": "bilinear"}
-
-an image in the model's colour mode (1: Pillow 'L', 3: 'RGB'), short side resized to R (antialiased, that
-interpolation) and centre-cropped to S x S, unless it is already S x S and R = S; then
-x[c] = (pixel[c] / 255 - mean[c]) / std[c]. Datasets held in memory (fmnist_lt, cifar*_lt) have R = S, their
-native size; image files (lists, folders) R = round(S * 256 / 224), S = data.image_size.
+The input spec (input_spec.InputSpec, stored once as ckpt["input"] by the engine): how an image file becomes the
+network's input. It is built once when the data is built (`load_data`: the dataset, the pretrained backbone and
+the data.* keys) and read back from the checkpoint for everything a saved run does (`input_spec_of`), so a run is
+evaluated, predicted and exported exactly as it was trained and tested, whatever longtail's defaults become.
 
 The calibration (`fit_calibrator`, stored as ckpt["calibrator"] and in metrics.json when training ends, or by
 `longtail evaluate RUN --save` / `longtail tune` for older runs): BCTS fitted on the validation split, and the
@@ -22,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,14 +26,16 @@ from .calibration import Calibrator, fit_calibration
 from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from .config import Config, flatten, from_flat, parse_override
 from .errors import LongtailError
-from .models import create_model, finetune
+from .input_spec import CONFIG_KEYS, InputSpec
+from .models import backbone_preprocessing, create_model, finetune
 from .priors import source_log_prior
 
+if TYPE_CHECKING:
+    from .data import DataBundle
+
 DEFAULT_CALIBRATION = "bcts"
-INTERPOLATION = "bilinear"  # torchvision's Resize default, antialiased
-# checkpoints written before ckpt["input"]: the in-memory datasets' native sizes by channel count
-# (Fashion-MNIST 28 x 28 grey, CIFAR 32 x 32 RGB); every newer checkpoint stores its contract
-_LEGACY_IN_MEMORY_SIZE = {1: 28, 3: 32}
+# keys of the input spec that a saved run keeps from training (its stored spec); data.crop_pct may change at evaluation
+FIXED_INPUT_KEYS = tuple(k for k in CONFIG_KEYS if k != "data.crop_pct")
 
 
 # ----------------------------------------------------------------------------- finding and loading a run
@@ -62,6 +59,9 @@ def run_directory(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
+    if path.suffix.lower() in (".yaml", ".yml"):  # a zero-shot config (zeroshot.py) is no run: nowhere to write
+        raise LongtailError(f"'{path}' is a zero-shot config, not a run directory, so there is nowhere to write; "
+                            "give the output file instead (evaluate --json FILE, export --out FILE)")
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
@@ -74,8 +74,12 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
         from_flat(stored)
     except LongtailError as exc:
         raise LongtailError(f"the config stored in '{ckpt_path}' cannot be read by this longtail ({exc})") from None
-    values = {**stored, **dict(parse_override(o) for o in overrides)}
-    return from_flat(values), ckpt, ckpt_path
+    given = dict(parse_override(o) for o in overrides)
+    fixed = [k for k in FIXED_INPUT_KEYS if k in given and given[k] != stored.get(k)]
+    if fixed:
+        raise LongtailError(f"{', '.join(fixed)} cannot change after training: the run's input spec is stored in '{ckpt_path}' "
+                            "(data.crop_pct may); leave out the override")
+    return from_flat({**stored, **given}), ckpt, ckpt_path
 
 
 def restore_model(cfg: Config, ckpt: dict, device: torch.device, source: str | Path = "the checkpoint") -> nn.Module:
@@ -116,35 +120,27 @@ def rule_of(cfg: Config, posthoc: Optional[str] = None, tau: Optional[float] = N
     return (cfg.eval.posthoc if posthoc is None else posthoc), (cfg.eval.tau if tau is None else float(tau))
 
 
-# ----------------------------------------------------------------------------- the input contract
+# ----------------------------------------------------------------------------- the input spec
 
 
-def input_contract(cfg: Config, channels: int, mean: Sequence[float], std: Sequence[float],
-                   native_size: Optional[int] = None, interpolation: str = INTERPOLATION) -> dict:
-    """How an image file becomes the network's input (module docstring). `native_size`: the side of a
-    dataset held in memory (its images are used at that size, or the size a pretrained backbone resizes them to);
-    None for image files (data.image_size). `interpolation`: the resize's (a pretrained backbone's)."""
-    from .data.transforms import resize_for_eval
+def load_data(cfg: Config, ckpt: Optional[dict] = None) -> DataBundle:
+    """The configured dataset and its input spec: for a saved run (`ckpt`) the stored spec (`input_spec_of`), else
+    one built from the dataset, the pretrained backbone's preprocessing and the data.* keys. Models and data meet
+    here, above both packages: the data package imports nothing from models."""
+    from .data import build_data
 
-    size = cfg.data.image_size if native_size is None else int(native_size)
-    resize = resize_for_eval(size) if native_size is None else size
-    return {"channels": int(channels), "image_size": size, "resize": resize, "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std], "interpolation": interpolation}
+    if ckpt is not None:
+        return build_data(cfg, spec=input_spec_of(cfg, ckpt))
+    return build_data(cfg, backbone=backbone_preprocessing(cfg.model))
 
 
-def input_contract_of(cfg: Config, ckpt: dict) -> dict:
-    """The checkpoint's stored contract; for an older checkpoint, the one its config and channels imply."""
-    stored = ckpt.get("input")
-    if stored is not None:
-        keys = {"channels", "image_size", "resize", "mean", "std", "interpolation"}
-        if not isinstance(stored, dict) or not keys <= set(stored):
-            raise LongtailError(f"the checkpoint's input contract lacks {sorted(keys - set(stored or {}))}; the checkpoint is damaged")
-        return dict(stored)
-    from .data import IN_MEMORY
-
-    channels = ckpt["in_channels"]
-    native = _LEGACY_IN_MEMORY_SIZE.get(channels) if cfg.dataset.name in IN_MEMORY else None
-    return input_contract(cfg, channels, ckpt["mean"], ckpt["std"], native)
+def input_spec_of(cfg: Config, ckpt: dict) -> InputSpec:
+    """The spec stored with a run (checkpoints of format 1 are converted on load: checkpoint.load_checkpoint), with
+    data.crop_pct replaced when the config sets it otherwise than the stored spec (an evaluation override)."""
+    spec = InputSpec.from_dict(ckpt["input"])
+    if cfg.data.crop_pct is not None and cfg.data.crop_pct != spec.crop_pct:
+        spec = dataclasses.replace(spec, crop_pct=float(cfg.data.crop_pct))
+    return spec
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -201,7 +197,7 @@ def store_calibrator(ckpt_path: Path, block: dict) -> bool:
     changed = ckpt.get("calibrator") != block
     if changed:
         ckpt["calibrator"] = block
-        save_atomic({k: v for k, v in ckpt.items() if k != "format_version"}, ckpt_path)
+        save_atomic(ckpt, ckpt_path)
     metrics_path = run_directory(ckpt_path) / "metrics.json"
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -216,6 +212,6 @@ def store_calibrator(ckpt_path: Path, block: dict) -> bool:
 
 __all__ = [
     "resolve_checkpoint", "run_directory", "load_run", "restore_model", "check_bundle", "training_counts", "rule_of",
-    "input_contract", "input_contract_of", "fit_calibrator", "calibrator_of", "run_calibrator", "store_calibrator",
+    "load_data", "input_spec_of", "fit_calibrator", "calibrator_of", "run_calibrator", "store_calibrator",
     "no_validation_error", "DEFAULT_CALIBRATION",
 ]

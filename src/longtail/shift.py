@@ -38,7 +38,8 @@ from .errors import LongtailError
 from .evaluation import outputs_of
 from .metrics import class_names_of, evaluate_predictions, format_table
 from .priors import PriorSpec, parse_prior, prior_weights, profile_order, source_log_prior, target_prior_scores
-from .run import DEFAULT_CALIBRATION, load_run, no_validation_error, run_calibrator, run_directory
+from .run import DEFAULT_CALIBRATION, no_validation_error, run_calibrator, run_directory
+from .zeroshot import load_run
 
 DEFAULT_PRIORS = ("forward-50", "forward-10", "uniform", "backward-10", "backward-50")
 DEFAULT_SEED = 0

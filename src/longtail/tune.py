@@ -19,7 +19,8 @@ from .evaluation import outputs_of, sweep
 from .metrics import class_names_of, format_table, with_class_names
 from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics
 from .protocol import TUNED_ON_TEST
-from .run import fit_calibrator, load_run, run_directory, store_calibrator
+from .run import fit_calibrator, run_directory, store_calibrator
+from .zeroshot import load_run
 
 DEFAULT_GRID = "0:2:0.1"
 ON_TEST = TUNED_ON_TEST  # the label of tune.py's outputs when tau was chosen on test

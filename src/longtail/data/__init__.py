@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 from ..config import Config
 from ..errors import LongtailError
-from ..models import backbone_preprocessing
+from ..input_spec import BackboneInput, InputSpec, Overrides, build_input_spec
 from .base import DataBundle, RawDataset, TensorImages
 from .cifar import CIFAR, load_cifar
 from .cifar_tfrecord import build_tfrecord
@@ -62,8 +62,11 @@ def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
     )
 
 
-def build_data(cfg: Config) -> DataBundle:
-    """The configured dataset; `data.mean` / `data.std`, when set, replace the dataset's own statistics."""
+def build_data(cfg: Config, backbone: Optional[BackboneInput] = None, spec: Optional[InputSpec] = None) -> DataBundle:
+    """The configured dataset with its input spec: `spec` when given (a saved run's), else built once
+    (input_spec.build_input_spec) from the dataset's statistics, `backbone` (the pretrained backbone's input,
+    models.backbone_preprocessing, which the caller above both packages passes: run.load_data) and the data.* keys
+    (data.mean, data.std, data.image_size, data.crop_pct)."""
     name = cfg.dataset.name
     if name in IN_MEMORY:
         bundle = make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
@@ -71,45 +74,11 @@ def build_data(cfg: Config) -> DataBundle:
         bundle = IMAGE_LISTS[name](cfg, name)
     else:
         raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
-    # a pretrained backbone's statistics first; explicit data.mean / data.std override them
-    return with_normalization(with_backbone_preprocessing(bundle, cfg), cfg)
-
-
-def with_normalization(bundle: DataBundle, cfg: Config) -> DataBundle:
-    """Images become (x / 255 - mean) / std per channel; data.mean / data.std (0..1 scale) override the
-    dataset's values, e.g. mean 0.5 and std 1 give google-research's x / 255 - 0.5."""
-    stats = {"mean": cfg.data.mean, "std": cfg.data.std}
-    for key, values in stats.items():
-        if values is not None and len(values) != bundle.in_channels:
-            raise LongtailError(f"config key 'data.{key}' has {len(values)} values but '{bundle.name}' images have "
-                                f"{bundle.in_channels} channels; give one value per channel")
-    if cfg.data.mean is None and cfg.data.std is None:
-        return bundle
-    return dataclasses.replace(
-        bundle, mean=tuple(cfg.data.mean) if cfg.data.mean is not None else bundle.mean,
-        std=tuple(cfg.data.std) if cfg.data.std is not None else bundle.std,
-    )
-
-
-def with_backbone_preprocessing(bundle: DataBundle, cfg: Config) -> DataBundle:
-    """A pretrained timm/ or clip/ backbone's mean/std (when its channels match the images') and resizing
-    interpolation replace the dataset's, so training, evaluation, predict and export feed it what it was
-    pretrained on (models.backbone_preprocessing). Image files are resized to data.image_size; a note says
-    when that differs from the backbone's own size. In-memory images (28 or 32 px) are resized to the backbone's
-    size, as LIFT feeds CIFAR to CLIP at 224 px (after the pad-crop and flip; the loader pipeline)."""
-    pre = backbone_preprocessing(cfg.model)
-    if pre is None:
-        return bundle
-    notes, size, resize = list(bundle.notes), pre["image_size"], None
-    if not bundle.in_memory and size is not None and size != cfg.data.image_size:
-        notes.append(f"{cfg.model.name} was pretrained at {size} px; this run resizes to data.image_size={cfg.data.image_size}")
-    if bundle.in_memory and size is not None and size != int(bundle.train.images.shape[-1]):
-        resize = size
-        notes.append(f"images are resized from {int(bundle.train.images.shape[-1])} to {size} px, {cfg.model.name}'s input size")
-    same_channels = len(pre["mean"]) == bundle.in_channels
-    return dataclasses.replace(bundle, mean=tuple(pre["mean"]) if same_channels else bundle.mean,
-                               std=tuple(pre["std"]) if same_channels else bundle.std,
-                               interpolation=pre["interpolation"], resize=resize, notes=notes)
+    if spec is not None:
+        return dataclasses.replace(bundle, input=spec)
+    d = cfg.data
+    built = build_input_spec(bundle.dataset_input(), backbone, Overrides(d.image_size, d.mean, d.std, d.crop_pct, cfg.model.name))
+    return dataclasses.replace(bundle, input=built.spec, notes=[*bundle.notes, *built.notes])
 
 
 __all__ = [

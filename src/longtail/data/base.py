@@ -8,6 +8,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..errors import LongtailError
+from ..input_spec import DatasetInput, InputSpec
+
 
 @dataclass
 class TensorImages:
@@ -55,17 +58,39 @@ class DataBundle:
     class_counts: list[int]
     num_classes: int
     in_channels: int
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # the dataset's own statistics: the input spec's default (input_spec.build_input_spec)
     std: tuple[float, ...]
     in_memory: bool = True
     class_names: Optional[list[str]] = None  # None: the dataset names no classes (see `names`)
-    interpolation: str = "bilinear"  # how images are resized (a pretrained backbone's: see data.__init__)
-    resize: Optional[int] = None  # in-memory datasets: images resized to resize x resize (a pretrained backbone's size)
+    # how every pipeline makes the network's input (size, resize, interpolation, the mean/std it normalises with);
+    # set once by data.build_data
+    input: Optional[InputSpec] = None
     # files a run writes into its directory to record how the data was split (name -> text), and
     # lines to print about it (e.g. classes too small to split)
     split_files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def native_size(self) -> Optional[int]:
+        """The side of in-memory images as stored (None: image files)."""
+        return int(self.train.images.shape[-1]) if self.in_memory else None
+
+    @property
+    def spec(self) -> InputSpec:
+        """The input spec; a bundle made without build_data has none."""
+        if self.input is None:
+            raise LongtailError(f"the '{self.name}' data has no input spec; build it with longtail.data.build_data")
+        return self.input
+
+    def train_resize(self) -> Optional[int]:
+        """In-memory images: the side training resizes them to (a pretrained backbone's), None when they keep
+        their own."""
+        return self.spec.size if self.in_memory and self.spec.size != self.native_size else None
+
     def names(self) -> list[str]:
         """The class names, or the class indices as strings for datasets without names."""
         return list(self.class_names) if self.class_names is not None else [str(c) for c in range(self.num_classes)]
+
+    def dataset_input(self) -> DatasetInput:
+        """What the dataset itself says about its input (input_spec.build_input_spec)."""
+        return DatasetInput(self.name, self.in_channels, tuple(self.mean), tuple(self.std), self.native_size)

@@ -2,7 +2,8 @@
 
 The list datasets' training crop is torchvision's RandomResizedCrop (area fraction uniform in `scale`,
 aspect ratio log-uniform in `ratio`, up to ten tries, else a centre crop of the clamped ratio) and their
-evaluation is Resize(round(S * 256 / 224)) + CenterCrop(S). Both end as one box of the original image
+evaluation is the input spec's Resize(R) + CenterCrop(S) (input_spec.InputSpec.eval_box: R = floor(S / crop_pct),
+or round(S * 256 / 224)). Both end as one box of the original image
 resized to S x S, so here the box comes first, from the image size in the file's header:
 
 1. the JPEG decoder is asked for a reduced image (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, Pillow's
@@ -31,12 +32,13 @@ import torch
 import torch.nn.functional as nnf
 from PIL import Image
 
+from ..input_spec import Box
+
 try:  # the optional libjpeg-turbo binding (extra `jpeg`); Pillow decodes everything without it
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the environment
     simplejpeg = None
 
-Box = tuple[float, float, float, float]  # left, top, width, height in original pixels
 BoxRule = Callable[[int, int], Box]  # (width, height) from the header -> the box to keep
 DCT_FACTORS = (8, 4, 2, 1)  # JPEG reductions (1/8, 1/4, 1/2, none) that cost less than a full decode
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its centre-crop fallback
@@ -70,18 +72,6 @@ def random_resized_crop_box(width: int, height: int, uniforms: Sequence[float],
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
-
-
-def centre_crop_box(width: int, height: int, size: int, resize_to: int) -> Box:
-    """The box of the original image that Resize(resize_to) (short side) + CenterCrop(size) keeps,
-    computed as torchvision computes both steps' sizes and offsets."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(resize_to * long / short)
-    new_w, new_h = (resize_to, new_long) if width <= height else (new_long, resize_to)
-    crop_top = int(round((new_h - size) / 2.0)) if new_h > size else 0
-    crop_left = int(round((new_w - size) / 2.0)) if new_w > size else 0
-    sx, sy = width / new_w, height / new_h
-    return crop_left * sx, crop_top * sy, min(size, new_w) * sx, min(size, new_h) * sy
 
 
 def reduction(box: Box, size: int) -> int:
@@ -152,11 +142,6 @@ def random_box(uniforms: Sequence[float], scale: tuple[float, float], ratio: tup
         left, top, w, h = random_resized_crop_box(width, height, uniforms, scale, ratio)
         return float(left), float(top), float(w), float(h)
     return box_of
-
-
-def centre_box(size: int, resize_to: int) -> BoxRule:
-    """The evaluation crop's rule: Resize(resize_to) + CenterCrop(size) as one box."""
-    return lambda width, height: centre_crop_box(width, height, size, resize_to)
 
 
 def decoder_name() -> str:

@@ -8,7 +8,7 @@ Same batches as the loader pipeline (data/loader.py):
   from a CPU generator seeded by (seed, epoch) alone, one row per position of the global order, so a resumed
   run, a run on another device, with another number of processes or another chunk size all see the same
   augmentation;
-- with augmentation off, the tensors are bit-identical to the loader's (normalize_uint8).
+- with augmentation off, the tensors are bit-identical to the loader's (both normalise with input_spec.normalize).
 
 Images are augmented a chunk at a time (a whole number of batches), which spreads the fixed cost of the
 grouped AutoAugment calls (about 40 torchvision calls per chunk) over several steps: 8 batches of 128 on the
@@ -18,10 +18,11 @@ CPU, a large part of the epoch on CUDA, where each call costs kernel launches.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import torch
 
+from ..input_spec import InputSpec, normalize
 from .base import TensorImages
 from .batch_augment import BatchAugment, Draws
 from .batch_autoaugment import to_device
@@ -48,19 +49,9 @@ def host_ops_on_one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32: x / 255, then (x - mean) / std, with the very operations of v2.ToDtype(scale=True)
-    and v2.Normalize, so the two pipelines give bit-identical inputs for the same pixels.
-    `mean` and `std` are float32 of shape (C, 1, 1) on x's device."""
-    return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
-
-
-def stats_tensor(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
-
-
 class DevicePipeline:
-    """TrainBatches (see pipeline.py) over an in-memory split held on `device`."""
+    """TrainBatches (see pipeline.py) over an in-memory split held on `device`, normalised by `spec` (the images
+    are used at their own size: spec.size)."""
 
     def __init__(
         self,
@@ -69,8 +60,7 @@ class DevicePipeline:
         batch_size: int,
         seed: int,
         device: torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
+        spec: InputSpec,
         augment: BatchAugment,
         chunk_images: Optional[int] = None,
         drop_last: bool = False,
@@ -81,7 +71,7 @@ class DevicePipeline:
         self.labels = split.labels.to(device)
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
         self.device, self.augment, self.drop_last = device, augment, drop_last
-        self.mean, self.std = stats_tensor(mean, device), stats_tensor(std, device)
+        self.mean, self.std = spec.stats(device)
         if chunk_images is None:
             chunk_images = CHUNK_IMAGES.get(device.type, CHUNK_IMAGES["cpu"])
         self.chunk = batch_size * max(1, chunk_images // batch_size)
@@ -123,5 +113,5 @@ class DevicePipeline:
                 y = self.labels[index]
             for b in range(0, len(index), self.batch_size):
                 with host_ops_on_one_thread(self.device):
-                    batch = normalize_uint8(x[b : b + self.batch_size], self.mean, self.std), y[b : b + self.batch_size]
+                    batch = normalize(x[b : b + self.batch_size], self.mean, self.std), y[b : b + self.batch_size]
                 yield batch

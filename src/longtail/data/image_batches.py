@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import LongtailError
+from ..input_spec import InputSpec, normalize
 from .color_jitter import JITTER_DRAWS, color_jitter, jitter_params
-from .crop_decode import DRAWS_PER_CROP, centre_box, decode_box, random_box
-from .device import normalize_uint8, stats_tensor
+from .crop_decode import DRAWS_PER_CROP, decode_box, random_box
 from .image_list import ImageList
 from .loader import LoaderPipeline, seeded_default_generator
 from .samplers import SeededSampler
-from .transforms import resize_for_eval
 
 FLIP_DRAW = DRAWS_PER_CROP  # the uniform deciding the flip
 JITTER_AT = FLIP_DRAW + 1  # the first of the jitter's uniforms
@@ -60,15 +59,15 @@ def image_uniforms(seed: int) -> list[float]:
 
 
 class CroppedImages(Dataset):
-    """An ImageList as S x S uint8 crops. Keys: an index (evaluation: the centre crop, no randomness)
-    or (index, seed) (training, SeededSampler). Items: (uint8 (3, S, S), label, float32 (6,) jitter
-    parameters, zeros when the device applies no jitter)."""
+    """An ImageList as S x S uint8 crops (S = spec.size, resized with spec.interpolation). Keys: an index
+    (evaluation: the spec's centre crop, no randomness) or (index, seed) (training, SeededSampler). Items:
+    (uint8 (3, S, S), label, float32 (6,) jitter parameters, zeros when the device applies no jitter)."""
 
-    def __init__(self, images: ImageList, size: int, augment: Optional[CropAugment] = None,
-                 worker_steps: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, interpolation: str = "bilinear"):
-        self.images, self.size, self.augment, self.worker_steps = images, size, augment, worker_steps
-        self.interpolation = interpolation  # bilinear, or a pretrained backbone's (bicubic for CLIP)
-        self.eval_box = centre_box(size, resize_for_eval(size))
+    def __init__(self, images: ImageList, spec: InputSpec, augment: Optional[CropAugment] = None,
+                 worker_steps: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.images, self.augment, self.worker_steps = images, augment, worker_steps
+        self.size, self.interpolation = spec.size, spec.interpolation
+        self.eval_box = spec.eval_box
 
     def __len__(self) -> int:
         return len(self.images)
@@ -90,26 +89,24 @@ class CroppedImages(Dataset):
 
 
 def finish(x: torch.Tensor, params: torch.Tensor, jitter: bool, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 batch on its device -> normalised float32: the batched colour jitter if on, then
-    normalisation (without jitter exactly normalize_uint8, the loader's v2.ToDtype + v2.Normalize)."""
-    if not jitter:
-        return normalize_uint8(x, mean, std)
-    x = color_jitter(x.to(torch.float32).mul_(1.0 / 255), params)
-    return x.sub_(mean).div_(std)
+    """uint8 batch on its device -> normalised float32: the batched colour jitter (on 0..1 floats) if on,
+    then input_spec.normalize."""
+    if jitter:
+        x = color_jitter(x.to(torch.float32).mul_(1.0 / 255), params)
+    return normalize(x, mean, std)
 
 
 class ImageListPipeline:
     """TrainBatches (see pipeline.py) of an ImageList: workers crop and decode, the device finishes."""
 
     def __init__(self, dataset: CroppedImages, sampler: SeededSampler, batch_size: int, seed: int,
-                 device: torch.device, mean: Sequence[float], std: Sequence[float], num_workers: int,
-                 drop_last: bool = False):
+                 device: torch.device, spec: InputSpec, num_workers: int, drop_last: bool = False):
         if dataset.augment is None:
             raise LongtailError("ImageListPipeline needs a dataset with a CropAugment")
         self.loader = LoaderPipeline(dataset, sampler, batch_size, seed, num_workers=num_workers,
                                      pin_memory=device.type == "cuda", drop_last=drop_last)
         self.device, self.jitter = device, dataset.augment.jitter > 0
-        self.mean, self.std = stats_tensor(mean, device), stats_tensor(std, device)
+        self.mean, self.std = spec.stats(device)
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)

@@ -11,9 +11,10 @@ from torchvision.transforms import v2
 from ..config import Config
 from ..distributed import Runtime
 from ..errors import LongtailError
+from ..input_spec import normalize
 from .base import DataBundle, TensorImages
 from .batch_augment import BatchAugment
-from .device import DevicePipeline, normalize_uint8, stats_tensor
+from .device import DevicePipeline
 from .image_batches import CropAugment, CroppedImages, ImageListPipeline
 from .loader import LoaderPipeline, TransformedImages, eval_batches as loader_eval_batches
 from .samplers import EpochSampler, SeededSampler
@@ -55,9 +56,9 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
     config asks for augmentation only the loader has; the loader for image-list datasets."""
     name = cfg.data.pipeline
     if name == "auto":
-        return "device" if bundle.in_memory and bundle.resize is None and not device_unsupported(cfg) else "loader"
-    if name == "device" and bundle.resize is not None:
-        raise LongtailError(f"data.pipeline=device does not resize images to {cfg.model.name}'s {bundle.resize} px; "
+        return "device" if bundle.in_memory and bundle.train_resize() is None and not device_unsupported(cfg) else "loader"
+    if name == "device" and bundle.in_memory and bundle.train_resize() is not None:
+        raise LongtailError(f"data.pipeline=device does not resize images to {cfg.model.name}'s {bundle.train_resize()} px; "
                             "use data.pipeline=loader or auto")
     if name == "device" and not bundle.in_memory:
         raise LongtailError(
@@ -75,11 +76,10 @@ def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:
 def cropped_train_images(bundle: DataBundle, cfg: Config) -> CroppedImages:
     """An image-list training split as the workers produce it: the colour jitter goes to the device,
     unless augmentation that has to follow it (autoaugment, randaugment, ...) runs in the workers."""
-    steps = photometric_steps(cfg.data, cfg.data.image_size, v2.AutoAugmentPolicy.IMAGENET)
+    steps = photometric_steps(cfg.data, bundle.spec.size, v2.AutoAugmentPolicy.IMAGENET)
     in_workers = any(not isinstance(step, v2.ColorJitter) for step in steps)
     augment = CropAugment(crop=cfg.data.crop, flip=cfg.data.flip, jitter=0.0 if in_workers else cfg.data.color_jitter)
-    return CroppedImages(bundle.train, cfg.data.image_size, augment, v2.Compose(steps) if in_workers else None,
-                         bundle.interpolation)
+    return CroppedImages(bundle.train, bundle.spec, augment, v2.Compose(steps) if in_workers else None)
 
 
 def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBatches:
@@ -98,14 +98,13 @@ def train_batches(bundle: DataBundle, cfg: Config, runtime: Runtime) -> TrainBat
         height, width = bundle.train.images.shape[-2:]
         augment = BatchAugment(int(height), int(width), crop=cfg.data.crop, flip=cfg.data.flip,
                                autoaugment=cfg.data.autoaugment, cutout=cfg.data.cutout)
-        return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.mean, bundle.std, augment,
+        return DevicePipeline(bundle.train, sampler, batch_size, cfg.seed, runtime.device, bundle.spec, augment,
                               drop_last=cfg.data.drop_last)
     if not bundle.in_memory:
         return ImageListPipeline(cropped_train_images(bundle, cfg), SeededSampler(sampler), batch_size, cfg.seed,
-                                 runtime.device, bundle.mean, bundle.std, cfg.data.num_workers, drop_last=cfg.data.drop_last)
-    size = int(bundle.train.images.shape[-1])
+                                 runtime.device, bundle.spec, cfg.data.num_workers, drop_last=cfg.data.drop_last)
     return LoaderPipeline(
-        TransformedImages(bundle.train, train_transform(cfg.data, size, bundle.mean, bundle.std, bundle.resize, bundle.interpolation)),
+        TransformedImages(bundle.train, train_transform(cfg.data, bundle.spec, bundle.native_size)),
         SeededSampler(sampler), batch_size, seed=cfg.seed,
         num_workers=cfg.data.num_workers, pin_memory=runtime.device.type == "cuda", drop_last=cfg.data.drop_last,
     )
@@ -129,17 +128,17 @@ def eval_batches(split, bundle: DataBundle, cfg: Config, runtime: Runtime) -> It
     if len(split) < runtime.world_size:
         raise LongtailError(f"an evaluation split has {len(split)} images, fewer than the {runtime.world_size} processes; use fewer processes")
     shard = range(runtime.rank, len(split), runtime.world_size)
-    mean, std = stats_tensor(bundle.mean, runtime.device), stats_tensor(bundle.std, runtime.device)
+    spec = bundle.spec
+    mean, std = spec.stats(runtime.device)
     if not bundle.in_memory:  # centre crops decoded in the workers, uint8 to the device, normalised there
-        subset = torch.utils.data.Subset(CroppedImages(split, cfg.data.image_size, interpolation=bundle.interpolation), list(shard))
+        subset = torch.utils.data.Subset(CroppedImages(split, spec), list(shard))
         for x, y, _ in loader_eval_batches(subset, cfg.eval.batch_size, cfg.data.num_workers, runtime.device.type == "cuda"):
-            yield normalize_uint8(x.to(runtime.device, non_blocking=True), mean, std), y.to(runtime.device, non_blocking=True)
+            yield normalize(x.to(runtime.device, non_blocking=True), mean, std), y.to(runtime.device, non_blocking=True)
         return
     # every world_size-th image as strided views: no index tensors, no host copies when the split is on the device
     images, labels = split.images[runtime.rank :: runtime.world_size], split.labels[runtime.rank :: runtime.world_size]
     for start in range(0, len(labels), cfg.eval.batch_size):
         x = images[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
         y = labels[start : start + cfg.eval.batch_size].to(runtime.device, non_blocking=True)
-        if bundle.resize is not None:  # as the training transform and deployment.Preprocessing resize, on uint8
-            x = v2.functional.resize(x, [bundle.resize] * 2, interpolation=v2.InterpolationMode(bundle.interpolation), antialias=True)
-        yield normalize_uint8(x, mean, std), y
+        # the spec's resize and centre crop on uint8, as deployment.Preprocessing does (nothing at the native size)
+        yield normalize(spec.resize_for_eval(x), mean, std), y

@@ -1,19 +1,18 @@
 """Per-image augmentation for the loader pipeline (torchvision transforms v2 on uint8 tensors).
 
 In-memory datasets (CIFAR, Fashion-MNIST): pad-4 crop, flip, AutoAugment (CIFAR policy), Cutout.
-Image-list datasets (ImageNet-LT, Places-LT, iNat): RandomResizedCrop and flip for training, Resize(256/224 *
-size) + CenterCrop for evaluation. Both then take the photometric keys in one order: ColorJitter,
+Image-list datasets (ImageNet-LT, Places-LT, iNat): RandomResizedCrop and flip for training, the input spec's
+Resize + CenterCrop for evaluation. Both then take the photometric keys in one order: ColorJitter,
 AutoAugment, RandAugment, RandomGrayscale, GaussianBlur, Cutout.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torchvision.transforms import v2
 
 from ..config import DataConfig
+from ..input_spec import InputSpec, normalize
 
 
 class Cutout(torch.nn.Module):
@@ -57,52 +56,60 @@ def photometric_steps(cfg: DataConfig, size: int, policy: v2.AutoAugmentPolicy) 
     return steps
 
 
-def train_transform(cfg: DataConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                    resize: Optional[int] = None, interpolation: str = "bilinear") -> v2.Compose:
-    """In-memory images (size x size): pad-4 crop and flip, (a pretrained backbone's `resize`,) then the photometric keys."""
+class SpecNormalize(torch.nn.Module):
+    """The last step of every per-image transform: input_spec.normalize with the spec's mean/std (CPU tensors,
+    where DataLoader workers run)."""
+
+    def __init__(self, spec: InputSpec):
+        super().__init__()
+        self.mean, self.std = spec.stats("cpu")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return normalize(image, self.mean, self.std)
+
+
+class EvalResize(torch.nn.Module):
+    """The spec's evaluation resize: short side to R, centre crop S x S (InputSpec.resize_for_eval)."""
+
+    def __init__(self, spec: InputSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.spec.resize_for_eval(image)
+
+
+def train_transform(cfg: DataConfig, spec: InputSpec, native_size: int) -> v2.Compose:
+    """In-memory images (native_size x native_size): pad-4 crop and flip, resized to the spec's size when it
+    differs (a pretrained backbone's input size), then the photometric keys."""
     steps: list[torch.nn.Module] = []
     if cfg.crop:
-        steps.append(v2.RandomCrop(size, padding=4))
+        steps.append(v2.RandomCrop(native_size, padding=4))
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
-    if resize is not None:
-        steps.append(v2.Resize([resize, resize], interpolation=v2.InterpolationMode(interpolation), antialias=True))
-        size = resize
-    steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.CIFAR10)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if spec.size != native_size:
+        steps.append(v2.Resize([spec.size, spec.size], interpolation=v2.InterpolationMode(spec.interpolation), antialias=True))
+    steps += photometric_steps(cfg, spec.size, v2.AutoAugmentPolicy.CIFAR10)
+    steps.append(SpecNormalize(spec))
     return v2.Compose(steps)
 
 
-def eval_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def eval_transform(spec: InputSpec) -> v2.Compose:
+    """Any uint8 (C, H, W) image -> the network's normalised input: the spec's resize and centre crop (nothing for
+    an image already S x S with R = S), then normalisation. Evaluation's crop-decode (image_batches), the in-memory
+    evaluation batches and deployment.Preprocessing give the same pixels."""
+    return v2.Compose([EvalResize(spec), SpecNormalize(spec)])
 
 
-def resize_for_eval(size: int) -> int:
-    """The short side before the centre crop: 256 for 224, same ratio for other sizes."""
-    return int(round(size * 256 / 224))
-
-
-def image_train_transform(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...],
-                          interpolation: str = "bilinear") -> v2.Compose:
-    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = data.image_size, one
-    image at a time on the CPU; `interpolation` (bilinear | bicubic, a pretrained backbone's) resizes. The
-    former image-list pipeline: training now decodes the crop box only (image_batches.py); this stays as the
-    reference the benchmark's 'old' row and the tests compare to."""
-    size, mode = cfg.image_size, v2.InterpolationMode(interpolation)
-    if cfg.crop:
-        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True)]
-    else:
-        steps = [v2.Resize(resize_for_eval(size), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+def image_train_transform(cfg: DataConfig, spec: InputSpec) -> v2.Compose:
+    """Decoded uint8 (3, H, W) images of any size -> normalised float (3, S, S), S = spec.size, one image at a
+    time on the CPU, resized with the spec's interpolation. The former image-list pipeline: training now decodes
+    the crop box only (image_batches.py); this stays as the reference the benchmark's 'old' row and the tests
+    compare to."""
+    size, mode = spec.size, v2.InterpolationMode(spec.interpolation)
+    steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True) if cfg.crop else EvalResize(spec)]
     if cfg.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += photometric_steps(cfg, size, v2.AutoAugmentPolicy.IMAGENET)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    steps.append(SpecNormalize(spec))
     return v2.Compose(steps)
-
-
-def image_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear") -> v2.Compose:
-    """Resize + CenterCrop + normalise on a decoded image: the reference for image_batches' evaluation crop."""
-    return v2.Compose([
-        v2.Resize(resize_for_eval(size), interpolation=v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-    ])

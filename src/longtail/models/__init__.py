@@ -4,16 +4,17 @@ head exposes it as `.classifier` (used by tau-normalisation).
 
 Names with a library prefix (`timm/<name>`, `clip/<name>`) stand for every model of that library
 (PREFIXED); `is_known_model` is the one check of a model name, and `backbone_preprocessing` gives the
-input a pretrained backbone expects (size, interpolation, mean/std)."""
+input a pretrained backbone expects (size, interpolation, mean/std, crop_pct)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError
+from ..input_spec import BackboneInput
 from .clip_models import PREFIX as CLIP_PREFIX, check_clip_name, clip_from_cfg, clip_preprocessing
 from .experts import cifar_experts_from_cfg, torchvision_experts_from_cfg
 from .pretrained import with_pretrained
@@ -54,7 +55,7 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
 }
 
 # prefix -> (check of the name after it: raises LongtailError with a did-you-mean, preprocessing of that name)
-PREFIXED: dict[str, tuple[Callable[[str], None], Callable[[str], dict[str, Any]]]] = {
+PREFIXED: dict[str, tuple[Callable[[str], None], Callable[[str], BackboneInput]]] = {
     TIMM_PREFIX: (check_timm_name, timm_preprocessing),
     CLIP_PREFIX: (check_clip_name, clip_preprocessing),
 }
@@ -79,10 +80,10 @@ def is_known_model(name: str) -> bool:
     return True
 
 
-def backbone_preprocessing(cfg: ModelConfig) -> Optional[dict[str, Any]]:
-    """The input a pretrained library backbone expects, {'image_size', 'interpolation', 'mean', 'std', 'crop_pct'}
-    (image_size None: any), for timm/ and clip/ models that start from pretrained weights; None otherwise
-    (the dataset's own statistics apply)."""
+def backbone_preprocessing(cfg: ModelConfig) -> Optional[BackboneInput]:
+    """The input a pretrained library backbone expects (input_spec.BackboneInput: image size, None for any;
+    interpolation, mean/std, evaluation crop_pct), for timm/ and clip/ models that start from pretrained weights;
+    None otherwise (the dataset's own statistics apply). input_spec.build_input_spec makes it the run's spec."""
     prefix = _prefix(cfg.name)
     if prefix is None or cfg.pretrained is None:
         return None

@@ -3,8 +3,13 @@
     full     every parameter
     linear   the classifier only (linear probe; the same as model.freeze_backbone)
     bias     every bias and the classifier (BitFit, Ben Zaken et al. 2022)
+    block_bias  the biases inside the transformer blocks and the classifier (LIFT's `bias_tuning`: not the patch
+             embedding's, nor the LayerNorms before and after the blocks)
     lora     LoRA updates of the attention and MLP projections (lora.py, through peft) and the classifier
+    lora_qv  LIFT's LoRA: low-rank updates of the queries and values only (lora.py, no peft) and the classifier
     adapter  an AdaptFormer beside each MLP block (adapter.py) and the classifier
+    zero_shot  nothing (clip/ models): CLIP's own classifier, the text embeddings of model.prompt at CLIP's
+             temperature (clip_models.py); evaluated from the config itself (zeroshot.py), never trained
 
 lora and adapter change the network when it is built (`add_finetune_layers`, called by create_model), so a
 checkpoint's tensors find their places when the model is rebuilt. `freeze` then turns off the gradients of
@@ -30,7 +35,7 @@ from ..config import ModelConfig
 from ..errors import LongtailError
 from .adapter import add_adapters, adapter_blocks, lift_adapter_dim
 from .freeze import mark_frozen
-from .lora import add_lora
+from .lora import add_lora, add_qv_lora
 
 HEAD = "classifier."
 
@@ -45,6 +50,10 @@ def _lora(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
     add_lora(model, cfg.lora_rank, cfg.name)
 
 
+def _lora_qv(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
+    add_qv_lora(model, cfg.lora_rank, cfg.name)
+
+
 def _adapter(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
     blocks = len(adapter_blocks(model))
     if blocks == 0:
@@ -55,12 +64,34 @@ def _adapter(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
     add_adapters(model, cfg.adapter_dim or lift_adapter_dim(num_classes, blocks))
 
 
+BLOCK_LISTS = (".resblocks.", ".blocks.")  # open_clip's and timm's transformer blocks
+
+
+def _in_block_bias(name: str) -> bool:
+    return name.endswith("bias") and any(part in "." + name for part in BLOCK_LISTS)
+
+
+def _block_bias(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
+    if not any(_in_block_bias(name) for name, _ in model.named_parameters()):
+        raise LongtailError(f"model.finetune=block_bias found no transformer blocks (open_clip's resblocks, timm's blocks) "
+                            f"in '{cfg.name}'; use model.finetune=bias (every bias)")
+
+
+def _zero_shot(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
+    if getattr(model, "text_tower", None) is None:
+        raise LongtailError(f"model.finetune=zero_shot classifies with CLIP's text embeddings and needs a clip/... model, "
+                            f"not '{cfg.name}'; use model.name=clip/ViT-B-16 or another model.finetune")
+
+
 FINETUNE: dict[str, Finetune] = {
     "full": Finetune(None, lambda name: True),
     "linear": Finetune(None, lambda name: False),
-    "bias": Finetune(None, lambda name: name.rsplit(".", 1)[-1] == "bias"),
+    "bias": Finetune(None, lambda name: name.endswith("bias")),  # also nn.MultiheadAttention's in_proj_bias
+    "block_bias": Finetune(_block_bias, _in_block_bias),
     "lora": Finetune(_lora, lambda name: ".lora_" in name),
+    "lora_qv": Finetune(_lora_qv, lambda name: ".lora_" in name),
     "adapter": Finetune(_adapter, lambda name: ".adapter." in name),
+    "zero_shot": Finetune(_zero_shot, lambda name: False),  # its checkpoint keeps the text rows of the head
 }
 
 
@@ -81,6 +112,9 @@ def is_trained(name: str, cfg: ModelConfig) -> bool:
 
 def freeze(model: nn.Module, cfg: ModelConfig) -> tuple[int, int]:
     """Turn off the gradients of the parameters `model.finetune` keeps; returns (trained, total) counts."""
+    if mode(cfg) == "zero_shot":
+        raise LongtailError("model.finetune=zero_shot trains nothing; evaluate the config itself: "
+                            "longtail evaluate CONFIG.yaml model.finetune=zero_shot")
     if mode(cfg) == "full":
         counts = [(p.numel(), p.requires_grad) for p in model.parameters()]
         return sum(n for n, g in counts if g), sum(n for n, _ in counts)

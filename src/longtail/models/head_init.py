@@ -3,9 +3,11 @@
     random       the classifier's own initialisation
     class_means  row c = mu_c / ||mu_c||, mu_c = mean of f(x) over the training images of class c (one pass, the
                  evaluation transform, the model in eval mode; a class mean is taken of raw, not normalised, features)
-    text         row c = t_c / ||t_c||, t_c = CLIP's text embedding of the prompt "a photo of a {name c}." (clip/
-                 models; LIFT's semantic-aware initialisation, Shi et al. ICML 2024); underscores in a class
-                 name are read as spaces (CIFAR-100's 'maple_tree')
+    text         row c = t_c / ||t_c||, t_c = CLIP's text embedding of `model.prompt` (default "a photo of a
+                 {name c}.") (clip/ models; LIFT's semantic-aware initialisation, Shi et al. ICML 2024);
+                 underscores in a class name are read as spaces (CIFAR-100's 'maple_tree'). A ViT head on
+                 pre-projection features gets normalize(t_c P^T), P the image projection (LIFT's trainer.py
+                 `init_head_text_feat`: `text_features @ image_encoder.proj.t()`, normalised again)
 
 Rows are unit vectors: a cosine classifier then starts as s * cos(w_c, f), LIFT's head (s = model.scale); a linear
 classifier gets them as weights with a zero bias.
@@ -44,13 +46,19 @@ def class_mean_features(model: nn.Module, batches: Any, num_classes: int, device
     return sums / counts[:, None]
 
 
+def prompts(template: str, class_names: list[str]) -> list[str]:
+    """The prompt of each class name, '_' read as a space (LIFT's `get_tokenized_prompts`)."""
+    return [template.format(name.replace("_", " ")) for name in class_names]
+
+
 def text_features(model: nn.Module, class_names: list[str], device: torch.device) -> torch.Tensor:
-    """(C, D) unit text embeddings of PROMPT for each class name, from the model's CLIP text tower."""
+    """(C, D) unit rows of the head's feature space from the text embeddings of the model's prompt for each class
+    name (the model's CLIP text tower; mapped through the image projection for pre-projection heads)."""
     tower = getattr(model, "text_tower", None)
     if tower is None:
         raise LongtailError(f"model.head_init=text needs a text tower (a clip/... model); {type(model).__name__} has none: "
                             "use model.head_init=class_means")
-    return tower([PROMPT.format(name.replace("_", " ")) for name in class_names], device)
+    return tower.to_head_space(tower(prompts(getattr(tower, "prompt", PROMPT), class_names), device))
 
 
 def set_rows(classifier: nn.Module, rows: torch.Tensor) -> None:

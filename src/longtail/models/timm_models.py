@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import LongtailError, one_line
+from ..input_spec import BackboneInput
 from .cosine import BackboneClassifier
 from .libraries import optional_import, unknown_model
 from .pretrained import HEAD, load_pretrained, read_tensors
@@ -40,18 +41,18 @@ def check_timm_name(name: str) -> None:
         raise unknown_model("timm", name, timm.list_models(), "timm.list_models()")
 
 
-def timm_preprocessing(name: str) -> dict[str, Any]:
-    """The input timm's pretrained weights of `name` expect: size, interpolation, mean/std, crop_pct."""
+def timm_preprocessing(name: str) -> BackboneInput:
+    """The input timm's pretrained weights of `name` expect: size, interpolation, mean/std, and the evaluation
+    crop_pct of their pretrained_cfg (0.875 to 1.0; evaluation resizes the short side to floor(S / crop_pct))."""
     timm = _timm()
     check_timm_name(name)
     pre = timm.models.get_pretrained_cfg(name)
     if pre is None:  # a network without a default weight tag (e.g. one registered by hand): ImageNet's statistics
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from timm.data import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        return {"image_size": None, "interpolation": "bilinear", "mean": list(IMAGENET_DEFAULT_MEAN),
-                "std": list(IMAGENET_DEFAULT_STD), "crop_pct": 0.875}
-    return {"image_size": int(pre.input_size[-1]), "interpolation": pre.interpolation or "bilinear",
-            "mean": [float(v) for v in pre.mean], "std": [float(v) for v in pre.std], "crop_pct": float(pre.crop_pct)}
+        return BackboneInput(None, "bilinear", tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), float(DEFAULT_CROP_PCT))
+    return BackboneInput(int(pre.input_size[-1]), pre.interpolation or "bilinear", tuple(float(v) for v in pre.mean),
+                         tuple(float(v) for v in pre.std), float(pre.crop_pct))
 
 
 def _hub_backbone(timm: Any, name: str, in_channels: int) -> nn.Module:
