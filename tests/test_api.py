@@ -191,6 +191,10 @@ def test_predict_command_writes_the_rows_the_api_returns(run, tmp_path, capsys):
     assert np.allclose(memory["probability"], files["probability"], rtol=0, atol=1e-6)
     with pytest.raises(longtail.LongtailError, match="uint8 image tensors"):
         run.predict(torch.zeros(1, 28, 28))
+    # test-time flips (eval.tte): an image in memory gets the views a file gets
+    flipped = longtail.load_run(run.path, "eval.tte=flip")
+    from_file, in_memory = flipped.predict(folder / "0.png"), flipped.predict(Image.fromarray(pixels[0], mode="L"))
+    assert in_memory.loc[0, "error"] is None and in_memory.loc[0, "probability"] == from_file.loc[0, "probability"]
 
 
 def test_shift_command_writes_the_rows_the_api_returns(run, capsys):
