@@ -15,22 +15,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_FMNIST, cli_env, make_small_fmnist
+from conftest import CE, REPO, cli_env, tiny_sweep, write_sweep
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.errors import LongtailError
 from longtail.sweep import available_cores, dry_run, load_sweep, run_task, thread_share
 from longtail.sweep.executors import Task, slurm_minutes, slurm_parameters
-
-CE = str(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml")
-
-
-def write_sweep(folder: Path, body: dict, name: str = "sweep.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
-
 
 def test_run_names_seeds_and_override_order(tmp_path):
     path = write_sweep(tmp_path, {
@@ -232,25 +222,6 @@ def test_report_reads_saved_posthoc_evaluations_of_the_test_split(tmp_path):
 # ----------------------------------------------------------------------------- the local executor, for real
 
 
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
-    return make_small_fmnist(tmp_path_factory.mktemp("fmnist_sweep"))
-
-
-def tiny_sweep(folder: Path, data_root: Path, epochs: int = 1) -> Path:
-    common = [o for o in TINY_FMNIST if not o.startswith("train.epochs")]
-    return write_sweep(folder, {
-        "base": CE, "out": "runs", "axes": {"seed": [0, 1]},
-        "overrides": [*common, f"train.epochs={epochs}", f"dataset.root={data_root}", "dataset.download=false"],
-        "variants": [
-            {"name": "ce"},
-            # passes every config check, fails when the training builds its model
-            {"name": "broken", "overrides": ["model.pretrained=/nonexistent/weights.pt"]},
-            {"name": "ce_la", "from": "ce", "step": "evaluate --posthoc la --save"},
-        ],
-    })
-
-
 def make_partial(run: Path, argv: list[str]) -> None:
     """Start the training and SIGKILL it once it has saved its first epoch (checkpoints/last.pt)."""
     proc = subprocess.Popen([sys.executable, "-m", "longtail", *argv], env=cli_env(), stdout=subprocess.DEVNULL,
@@ -266,8 +237,8 @@ def make_partial(run: Path, argv: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_root, cli):
-    path = tiny_sweep(tmp_path, small_root, epochs=2)
+def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist_root, cli):
+    path = tiny_sweep(tmp_path, small_fmnist_root, epochs=2)
     sweep = load_sweep(path)
     partial = next(t for t in sweep.trainings if t.name == "ce/seed=1")
     make_partial(partial.run_dir, partial.argv)
