@@ -27,7 +27,7 @@ from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.engine import fit
 from longtail.errors import LongtailError
 from longtail.evaluation import load_outputs
-from longtail.run import input_contract, input_contract_of, load_run, resolve_checkpoint
+from longtail.run import input_contract, input_contract_of, load_run
 from longtail.shift import run_shift
 
 TEST_PER_CLASS = TINY_RUN_TEST_PER_CLASS  # backward-50 keeps 50 .. 1 test images per class
