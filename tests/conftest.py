@@ -205,6 +205,27 @@ def fit_here(config: str | Path | None, overrides: list[str], out: Path) -> dict
         torch.backends.cudnn.benchmark = saved[2]
 
 
+def main_here(capsys, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`longtail ARGS` in this process (no interpreter start-up), its output read from `capsys`; returns it as
+    run_cli does. Restores the global determinism switches that training sets."""
+    import torch
+
+    from longtail.cli import main
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+    out, err = capsys.readouterr()
+    if check and code != 0:
+        raise AssertionError(f"longtail {' '.join(map(str, args))} failed ({code}):\n{out}\n{err}")
+    return subprocess.CompletedProcess(["longtail", *map(str, args)], code, out, err)
+
+
 def epoch_rows(run: Path) -> list[dict]:
     """The rows of a run's epochs.jsonl."""
     import json
