@@ -226,6 +226,36 @@ def main_here(capsys, *args: str, check: bool = True) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(["longtail", *map(str, args)], code, out, err)
 
 
+def setup_and_one_step(cfg, evaluate: bool = True) -> float:
+    """The setup engine._fit performs before its first epoch, then one training step and (`evaluate`) an evaluation
+    of the test split; returns the step's loss."""
+    from longtail import distributed
+    from longtail.data import build_data
+    from longtail.data.pipeline import train_batches
+    from longtail.inference import evaluate_split
+    from longtail.losses import create_loss
+    from longtail.models import create_model
+    from longtail.optim import build_optimizer, build_scheduler, lr_factor
+
+    runtime = distributed.setup(cfg.device)
+    bundle = build_data(cfg)
+    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
+    criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
+    batches = train_batches(bundle, cfg, runtime)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(batches))
+    [lr_factor(cfg.train, e) for e in (0, 0.5, cfg.train.epochs / 2, cfg.train.epochs)]
+    batches.set_epoch(0)
+    x, y = next(iter(batches))
+    loss = criterion(model(x.to(runtime.device))[criterion.input_key], y.to(runtime.device))
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    if evaluate:
+        evaluate_split(model, bundle.test, bundle, cfg, runtime)
+    return float(loss.detach())
+
+
 def epoch_rows(run: Path) -> list[dict]:
     """The rows of a run's epochs.jsonl."""
     import json
