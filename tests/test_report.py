@@ -246,7 +246,6 @@ def test_cli_report(tmp_path: Path, cli):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
 
 
-@pytest.mark.slow
 def test_report_of_a_real_training_run(tmp_path: Path, cli, tiny_fmnist):
     # guards the report against drift in what `longtail train` writes
     run = tmp_path / "ce"

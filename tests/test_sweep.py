@@ -236,7 +236,6 @@ def make_partial(run: Path, argv: list[str]) -> None:
         proc.wait()
 
 
-@pytest.mark.slow
 def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist_root, cli):
     path = tiny_sweep(tmp_path, small_fmnist_root, epochs=2)
     sweep = load_sweep(path)
