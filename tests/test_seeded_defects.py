@@ -74,3 +74,33 @@ def test_a_resumed_stateful_loss_continues_its_statistics():
     _restore(ckpt, Path("last.pt"), torch.nn.Linear(3, 2), build_optimizer(torch.nn.Linear(3, 2), cfg.train), fresh)
     for name, value in saved.items():
         assert torch.equal(getattr(fresh, name), value), name
+
+
+def test_lgla_cuts_only_when_the_running_sum_passes_the_target():
+    """lgla_subset_cut: counts (4, 3, 2), 2 subsets: target = 9 // 2 = 4. Ascending, the running sum is 2, then
+    5 > 4: cut at count 3 and restart; then 4, which equals the target and does not pass it: no second cut. So one
+    threshold (3): the class of 4 images is above it (subset 0), the others form the tail subset 1. A cut at
+    'reaches the target' would make two thresholds for two subsets, an error."""
+    from longtail.losses.lgla import equal_mass_subsets
+
+    assert equal_mass_subsets([4, 3, 2], 2).tolist() == [0, 1, 1]
+
+
+def test_a_forward_profile_spreads_the_factor_over_c_minus_1_steps():
+    """prior_profile_exponent: forward-100 over 3 classes in training order: q_r proportional to 100^(-r / 2),
+    i.e. 1, 1/10, 1/100, normalised by 1.11; the least frequent class gets exactly 1/IF of the most frequent."""
+    from longtail.priors import parse_prior, prior_weights
+
+    q = prior_weights(parse_prior("forward-100"), [50, 10, 30], ["a", "b", "c"])  # training order: a, c, b
+    assert torch.allclose(q, torch.tensor([1.0, 0.01, 0.1], dtype=torch.float64) / 1.11, rtol=1e-12)
+
+
+def test_a_confidence_on_a_bin_edge_belongs_to_the_lower_bin():
+    """ece_floor_bins: the bins are (lower, upper]. With 4 bins, a confidence of exactly 0.5 is in (0.25, 0.5], bin
+    1, and 0.75 in (0.5, 0.75], bin 2 (both exact in binary, so no rounding decides)."""
+    from longtail.calibration import reliability_bins
+
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.75, 0.125, 0.125]], dtype=torch.float64)
+    table = reliability_bins(probs, torch.tensor([0, 1]), bins=4)
+    assert table["count"] == [0, 1, 1, 0]
+    assert table["confidence"] == [None, 0.5, 0.75, None] and table["accuracy"] == [None, 1.0, 0.0, None]
