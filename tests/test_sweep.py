@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CE, REPO, cli_env, tiny_sweep, write_sweep
+from conftest import CE, REPO, cli_env, main_here, tiny_sweep, write_sweep
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.errors import LongtailError
@@ -236,14 +236,17 @@ def make_partial(run: Path, argv: list[str]) -> None:
         proc.wait()
 
 
-def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist_root, cli):
+def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist_root, capsys, monkeypatch):
+    """The sweep and report commands run in the test process (`main_here`); the sweep's trainings and steps are
+    the executor's own subprocesses, which import this checkout's longtail (PYTHONPATH, as run_cli sets it)."""
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
     path = tiny_sweep(tmp_path, small_fmnist_root, epochs=2)
     sweep = load_sweep(path)
     partial = next(t for t in sweep.trainings if t.name == "ce/seed=1")
     make_partial(partial.run_dir, partial.argv)
     assert partial.status() == "partial", "the training finished before it could be interrupted"
 
-    first = cli("sweep", str(path), "--jobs", "2", check=False)
+    first = main_here(capsys, "sweep", str(path), "--jobs", "2", check=False)
     assert first.returncode == 1, first.stdout + first.stderr
     summary = first.stdout.strip().splitlines()[-1]
     broken_logs = [str(tmp_path / "runs" / "broken" / f"seed={s}" / "train.log") for s in (0, 1)]
@@ -260,11 +263,11 @@ def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist
     assert "resuming" in resumed and "starting the run from epoch 1" not in resumed
     assert "longtail: error:" in Path(broken_logs[0]).read_text() and "/nonexistent/weights.pt" in Path(broken_logs[0]).read_text()
 
-    second = cli("sweep", str(path), "--jobs", "2", check=False)
+    second = main_here(capsys, "sweep", str(path), "--jobs", "2", check=False)
     assert second.returncode == 1
     assert second.stdout.strip().splitlines()[-1].startswith("sweep: 2 ran, 4 skipped, 2 failed: ")
 
-    report = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
+    report = main_here(capsys, "report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().split("Many / medium / few")[0]  # the top-1 table
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| CE")}
     assert set(rows) == {"CE", "CE + post-hoc LA (τ=1)"}, report.stdout
