@@ -50,6 +50,8 @@ def swept(slurm_cluster, small_fmnist_root, tmp_path_factory):
 
 
 def test_a_sweep_through_slurm_runs_reports_and_survives_a_failing_run(swept, cli):
+    """With the cluster's start and the sweep (fixtures) near 30 s: the only run of a whole sweep through Slurm, job
+    array, failing runs, post-hoc steps and the report of its runs."""
     folder, proc = swept
     assert proc.returncode == 1, proc.stdout + proc.stderr  # two runs failed
     assert "submitted 4 jobs to Slurm" in proc.stdout and "submitted 2 jobs to Slurm" in proc.stdout
