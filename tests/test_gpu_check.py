@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO, SRC, needs_fmnist
 
 RESULTS = ["machine.txt", "throughput.md", "image_pipeline.md", "cifar100_lt_resnet32.json", "fmnist_sweep.yaml",
