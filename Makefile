@@ -20,10 +20,12 @@ setup:
 demo: setup
 	PY="$(PY)" VENV="$(VENV)" bash scripts/demo.sh $(DEMO_ARGS)
 
-# the demo's packages plus the test extras (pytest, hypothesis, onnxruntime, timm, submitit, mkdocs, ...)
+# the demo's packages plus the test extras (pytest, hypothesis, onnxruntime, timm, submitit, mkdocs, ...), then the
+# whole suite; it ends with the 10 slowest tests and the wall time of the whole command, setup included
+test: TEST_START := $(shell date +%s)
 test:
 	PYTHON="$(PYTHON)" VENV="$(VENV)" EXTRAS="test" bash scripts/setup.sh
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=10; rc=$$?; echo "make test: $$(( $$(date +%s) - $(TEST_START) )) s wall, setup included"; exit $$rc
 
 # the documentation site from docs/ into site/ (open site/index.html)
 docs:

@@ -55,7 +55,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    register_synthetic_dataset()
+    # --tiny: 10 training images per class at most (n_max), and 5 test images per class (2 of them held out for val)
+    register_synthetic_dataset(train_per_class=10, test_per_class=5) if args.tiny else register_synthetic_dataset()
     tiny = ["model.name=resnet8", "dataset.n_max=10", "dataset.imbalance_factor=5", "dataset.val_per_class=2",
             "eval.batch_size=512", "train.amp=false"] if args.tiny else []
     short, seconds, rows = 2, {}, []

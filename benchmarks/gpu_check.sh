@@ -4,6 +4,9 @@
 #   bash benchmarks/gpu_check.sh --out gpu_check                     # on the GPU machine
 #   bash benchmarks/gpu_check.sh --device cpu --tiny --out /tmp/gc   # anywhere, in seconds: checks the script
 #
+# --tiny runs the same steps at tiny sizes in one Python process (benchmarks/gpu_check_tiny.py); if that process
+# dies, the steps it did not record are recorded failed with its exit code.
+#
 # Options: --device cuda|cpu (default cuda), --tiny (tiny sizes), --out DIR (default gpu_check_out),
 # --fmnist-root DIR (Fashion-MNIST's IDX files when the machine has no /usr/share/datasets/fashion-mnist
 # and no network), --python PATH (default: python3, or $PYTHON).
@@ -67,14 +70,9 @@ step() {
     echo "[$(date -u +%H:%M:%S)] $name: $status"
 }
 
-if [ "$TINY" = 1 ]; then
-    THROUGHPUT_ARGS=(--quick --steps 1 --warmup 1 --rounds 1 --batch-size 16 --workers 0)
-    PIPELINE_ARGS=(--tiny)
-    CIFAR_ARGS=(--tiny --epochs 3)
+if [ "$TINY" = 1 ]; then  # the other steps' tiny arguments are in benchmarks/gpu_check_tiny.py
     SWEEP_OVERRIDES="dataset.n_max=100, dataset.val_per_class=10, model.name=resnet8, train.epochs=1, train.batch_size=32, data.num_workers=0, eval.batch_size=256, train.amp=false"
     SEEDS="[0]"
-    JOBS=1
-    LIMITS=(300 300 300 300 300 300)  # tiny work; generous limits for a loaded test machine
 else
     THROUGHPUT_ARGS=(--quick --rounds 1)
     PIPELINE_ARGS=(--files 120 --images 200)
@@ -85,22 +83,7 @@ else
     LIMITS=(10 75 90 60 225 20)  # 480 s in all: 8 minutes
 fi
 
-# 1. the machine
-step machine "${LIMITS[0]}" bash -c "{ date -u; nvidia-smi || echo 'no nvidia-smi'; \"$PY\" -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())'; nproc; } > \"$OUT/machine.txt\""
-
-# 2. training throughput of longtail's pipelines (CIFAR-shaped)
-step throughput "${LIMITS[1]}" "$PY" "$ROOT/benchmarks/throughput.py" --device "$DEVICE" "${THROUGHPUT_ARGS[@]}" \
-    --markdown "$OUT/throughput.md"
-
-# 3. the JPEG pipeline, per core and into the device
-step image_pipeline "${LIMITS[2]}" "$PY" "$ROOT/benchmarks/image_pipeline.py" --device "$DEVICE" "${PIPELINE_ARGS[@]}" \
-    --out "$OUT/image_pipeline.md"
-
-# 4. CIFAR-100-LT-shaped ResNet-32, 200 epochs extrapolated
-step cifar100_lt_resnet32 "${LIMITS[3]}" "$PY" "$ROOT/benchmarks/cifar_lt_epochs.py" --device "$DEVICE" "${CIFAR_ARGS[@]}" \
-    --out "$OUT/cifar100_lt_resnet32.json"
-
-# 5. the Fashion-MNIST-LT method table through `longtail sweep` (the sweep file written here, paths absolute)
+# the sweep file of step 5 (the Fashion-MNIST-LT method table through `longtail sweep`), paths absolute
 ROOT_OVERRIDE=""
 [ -n "$FMNIST_ROOT" ] && ROOT_OVERRIDE="dataset.root=$(cd "$FMNIST_ROOT" && pwd), dataset.download=false, "
 CONFIGS="$ROOT/configs/fmnist_lt"
@@ -130,6 +113,33 @@ axes:
 variants:
 $VARIANTS
 EOF
+if [ "$TINY" = 1 ]; then
+    "$PY" "$ROOT/benchmarks/gpu_check_tiny.py" --device "$DEVICE" --out "$OUT"
+    rc=$?
+    for name in machine throughput image_pipeline cifar100_lt_resnet32 fmnist_sweep fmnist_report; do
+        cut -f1 "$STEPS" | grep -qx "$name" || printf '%s\tfailed rc=%s\t0\t300\n' "$name" "$rc" >> "$STEPS"
+    done
+    echo "gpu_check: $(( $(date +%s) - START )) s; results in $OUT (steps.tsv):"
+    cat "$STEPS"
+    exit 0
+fi
+
+# 1. the machine
+step machine "${LIMITS[0]}" bash -c "{ date -u; nvidia-smi || echo 'no nvidia-smi'; \"$PY\" -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())'; nproc; } > \"$OUT/machine.txt\""
+
+# 2. training throughput of longtail's pipelines (CIFAR-shaped)
+step throughput "${LIMITS[1]}" "$PY" "$ROOT/benchmarks/throughput.py" --device "$DEVICE" "${THROUGHPUT_ARGS[@]}" \
+    --markdown "$OUT/throughput.md"
+
+# 3. the JPEG pipeline, per core and into the device
+step image_pipeline "${LIMITS[2]}" "$PY" "$ROOT/benchmarks/image_pipeline.py" --device "$DEVICE" "${PIPELINE_ARGS[@]}" \
+    --out "$OUT/image_pipeline.md"
+
+# 4. CIFAR-100-LT-shaped ResNet-32, 200 epochs extrapolated
+step cifar100_lt_resnet32 "${LIMITS[3]}" "$PY" "$ROOT/benchmarks/cifar_lt_epochs.py" --device "$DEVICE" "${CIFAR_ARGS[@]}" \
+    --out "$OUT/cifar100_lt_resnet32.json"
+
+# 5. the Fashion-MNIST-LT method table
 step fmnist_sweep "${LIMITS[4]}" "$PY" -m longtail sweep "$OUT/fmnist_sweep.yaml" --jobs "$JOBS"
 step fmnist_report "${LIMITS[5]}" "$PY" -m longtail report "$OUT/fmnist_runs" --out "$OUT/fmnist_report"
 

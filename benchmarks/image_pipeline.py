@@ -182,8 +182,18 @@ def cropped_train_images_of(images: ImageList, cfg: Config) -> CroppedImages:
     return cropped_train_images(bundle, cfg)
 
 
-def rate(row: str, folder: Path, paths: list[str], name: str, processes: int, images_each: int, warmup: int) -> float:
-    """Total images/s of `processes` loader processes running at once, each on its own share of the files."""
+def rate(row: str, folder: Path, paths: list[str], name: str, processes: int, images_each: int, warmup: int,
+         in_process: bool = False) -> float:
+    """Total images/s of `processes` loader processes running at once, each on its own share of the files.
+    `in_process` (--tiny, one process): the loader runs in this process instead, its settings restored after."""
+    if in_process and processes == 1:
+        threads, decoder = torch.get_num_threads(), crop_decode.simplejpeg
+        try:
+            images, seconds = loader_process(row, str(folder), paths, name, images_each, warmup)
+        finally:
+            torch.set_num_threads(threads)
+            crop_decode.simplejpeg = decoder
+        return images / seconds
     shares = [paths[k::processes] or paths for k in range(processes)]
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("fork")) as pool:
         jobs = [pool.submit(loader_process, row, str(folder), share, name, images_each, warmup)
@@ -360,7 +370,7 @@ def pipeline_table(tmp: Path, args: argparse.Namespace, cores: int) -> tuple[lis
                     continue  # on CUDA the finish runs on the GPU: its own row below
                 if row == "longtail/pillow" and crop_decode.simplejpeg is None:
                     continue  # (c) already is Pillow
-                total = rate(row, folder, paths, name, processes, args.images, args.warmup)
+                total = rate(row, folder, paths, name, processes, args.images, args.warmup, in_process=args.tiny)
                 per_core[(name, row, processes)] = total / processes
                 fraction = per_core[(name, row, processes)] / per_core[(name, "decode", processes)]
                 text = (f"| {width}x{height} ({kb:.0f} KB) | {label} | {processes} | {total:.0f} | "

@@ -82,12 +82,13 @@ def synthetic_bundle(seed: int = 0) -> DataBundle:
                       input=InputSpec(3, 32, tuple(SPEC["mean"]), tuple(SPEC["std"]), crop_pct=1.0))
 
 
-def register_synthetic_dataset(seed: int = 0) -> None:
+def register_synthetic_dataset(seed: int = 0, train_per_class: Optional[int] = None, test_per_class: int = 100) -> None:
     """Make `dataset.name=synthetic_cifar100_lt` loadable by engine.fit: a balanced 500/100-per-class source
-    that the usual long-tailed subsampling turns into CIFAR-100-LT's shape."""
+    that the usual long-tailed subsampling turns into CIFAR-100-LT's shape (smaller with the arguments, for
+    tiny runs that take at most `train_per_class` training images per class anyway)."""
     def load(root: Optional[str], download: bool) -> RawDataset:
-        per_class = [SPEC["n_max"]] * SPEC["num_classes"]
-        return RawDataset(synthetic_split(per_class, seed), synthetic_split([100] * SPEC["num_classes"], seed + 1),
+        per_class = [train_per_class or SPEC["n_max"]] * SPEC["num_classes"]
+        return RawDataset(synthetic_split(per_class, seed), synthetic_split([test_per_class] * SPEC["num_classes"], seed + 1),
                           SPEC["num_classes"], SPEC["n_max"], SPEC["mean"], SPEC["std"])
 
     IN_MEMORY[SYNTHETIC] = load

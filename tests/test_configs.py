@@ -1,11 +1,13 @@
 """Every config file on disk: a fast validation pass over all of them, the recipes of the
-logit-adjustment family pinned, and one imbalance factor per method trained end to end on
-generated data in the official formats (so no config can rot)."""
+logit-adjustment family pinned, and one imbalance factor per method run on generated data in the official
+formats (so no config can rot): one config per code path (dataset kind x model family x loss x rule) trained end
+to end, every other one taking a training step as `longtail train` sets it up."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from collections import defaultdict
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_fake_cifar, write_fake_fmnist
+from conftest import setup_and_one_step, write_fake_cifar, write_fake_fmnist
 from fake_tfrecords import write_fake_release
 from longtail.config import load_config, load_yaml
 from longtail.engine import fit
@@ -192,9 +194,42 @@ def shrink(path: Path, root: Path) -> list[str]:
     return overrides
 
 
-@pytest.mark.parametrize("path", _training_sample(), ids=_name)
+# dataset.name -> the reader its files go through: the two CIFARs share the pickle reader and the released
+# TFRecords theirs, so a code path is (reader, model, loss, post-hoc rule)
+DATASET_KIND = {"fmnist_lt": "idx", "cifar10_lt": "cifar_pickle", "cifar100_lt": "cifar_pickle",
+                "cifar10_lt_tfrecord": "tfrecord", "cifar100_lt_tfrecord": "tfrecord"}
+
+
+def code_path(path: Path) -> tuple[str, ...]:
+    """(dataset kind, model family, loss, post-hoc rule) of a config once shrunk to a tiny run."""
+    cfg = load_config(path, shrink(path, Path("/nonexistent")))
+    rule = cfg.eval.posthoc + (f"/{cfg.eval.pn_mass}" if cfg.eval.posthoc == "pn" else "")
+    return DATASET_KIND[cfg.dataset.name], f"{cfg.model.name}/{cfg.model.classifier}", cfg.loss.name, rule
+
+
+def _split_sample() -> tuple[list[Path], list[Path]]:
+    """The training sample split into one config per code path (the first by name), trained end to end, and the
+    rest, which take one training step each."""
+    seen: set[tuple[str, ...]] = set()
+    trained, stepped = [], []
+    for path in _training_sample():
+        key = code_path(path)
+        (stepped if key in seen else trained).append(path)
+        seen.add(key)
+    return trained, stepped
+
+
+TRAINED, STEPPED = _split_sample()
+
+
+def _tiny_config(path: Path, fake_roots: dict[str, Path]):
+    return load_config(path, shrink(path, fake_roots[load_yaml(path)["dataset.name"]]))
+
+
+@pytest.mark.parametrize("path", TRAINED, ids=_name)
 def test_config_trains_end_to_end(path, fake_roots, tmp_path):
-    cfg = load_config(path, shrink(path, fake_roots[load_yaml(path)["dataset.name"]]))
+    """One config per code path (dataset kind x model family x loss x rule) trains for an epoch and is tested."""
+    cfg = _tiny_config(path, fake_roots)
     metrics = fit(cfg, tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["top1"] == pytest.approx(metrics["top1"]) and 0 <= written["top1"] <= 100
@@ -204,6 +239,15 @@ def test_config_trains_end_to_end(path, fake_roots, tmp_path):
     else:
         assert written["posthoc"] is None
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["name"] == cfg.loss.name
+
+
+@pytest.mark.parametrize("path", STEPPED, ids=_name)
+def test_every_other_config_loads_and_takes_a_training_step(path, fake_roots):
+    """A config whose code path another config trains end to end: it loads, builds its data, model, loss, optimizer
+    and schedule as `longtail train` does, and takes one forward/backward step with a finite loss."""
+    assert code_path(path) in {code_path(p) for p in TRAINED}
+    loss = setup_and_one_step(_tiny_config(path, fake_roots), evaluate=False)
+    assert math.isfinite(loss) and loss > 0
 
 
 def test_benchmark_sweeps_name_existing_configs():

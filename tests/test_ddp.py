@@ -6,31 +6,16 @@ global batch: metrics, weights and the loss's gradient statistics."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import FMNIST_CONFIG, REPO, cli_env
+from conftest import FMNIST_CONFIG, ddp_settings, epoch_rows, fit_here, torchrun
 from longtail.data.fmnist import FILES, read_idx
 from longtail.data.samplers import EpochSampler, SeededSampler
-
-# Augmentation stays on: each image's crop and flip follow from (seed, epoch, position), whatever the process count.
-# A small constant learning rate and few steps (2 epochs x 3 steps) keep float32 round-off, which differs
-# with the summation order, from growing chaotically (at lr 0.1 or 12+ steps it reaches 1e-3 in the weights).
-# 240 training images (n_max 60, IF 10): divisible by 2 processes, so no image is repeated to pad the shards.
-# GALA: its statistics are summed over the processes each step (losses/gala.py), so they must match too.
-DDP_SETTINGS = [  # after the tiny_fmnist fixture's overrides
-                "dataset.n_max=60", "dataset.imbalance_factor=10", "train.batch_size=80", "train.lr=0.02",
-                "train.warmup_epochs=0", "train.schedule=constant", "data.crop=true", "data.flip=true",
-                "loss.name=gala", "loss.lambda1=1.2", "loss.lambda2=0.9",
-                "data.pipeline=loader",  # the DataLoader path the image-list datasets train through
-                "train.amp=false"]  # float32: bf16 rounding (the default on CPUs with native bf16) would swamp these tolerances
-CONFIG = FMNIST_CONFIG
-
 
 @pytest.mark.parametrize("class_balanced", [False, True])
 def test_ranks_split_each_global_batch_exactly(class_balanced):
@@ -99,40 +84,31 @@ def test_gather_and_global_batchnorm_in_two_processes(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "longtail", *args]
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
-
-
 def _last(run: Path, part: str) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)[part]
 
 
-def _history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow  # three launches (1 process, 2 x torchrun with 2 processes): about 40 s of CPU
-def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli, tiny_fmnist, fmnist_root):
-    single, double = tmp_path / "one", tmp_path / "two"
-    settings = [*tiny_fmnist, *DDP_SETTINGS]
-    test_images = len(read_idx(fmnist_root / FILES["test_labels"]))
-    cli("train", CONFIG, *settings, "train.epochs=2", "--out", str(single))
-    _torchrun("train", CONFIG, *settings, "train.epochs=1", "--out", str(double))
-    first = _history(double)
-    assert len(first) == 1 and not (double / "checkpoints" / ".last.pt.tmp").exists()
-    first_row = (double / "epochs.jsonl").read_text()
-    resumed = _torchrun("train", CONFIG, *settings, "train.epochs=2", "--resume", "--allow-config-change", "--out", str(double)).stdout
+def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, torchrun_reference, small_fmnist_root):
+    """Over 30 s (four torchrun launches, two of them the session's shared reference): the only test of the
+    2-process torchrun path end to end: gloo DDP training equal to one process on the global batch (metrics,
+    weights, GALA's summed statistics), its resume after epoch 1, and evaluate and tune under torchrun writing once."""
+    single = tmp_path / "one"
+    settings = ddp_settings(small_fmnist_root)
+    test_images = len(read_idx(small_fmnist_root / FILES["test_labels"]))
+    fit_here(FMNIST_CONFIG, [*settings, "train.epochs=2"], single)  # one process, in this one: the same code
+    reference = torchrun_reference
+    first = reference.first_history
+    assert len(first) == 1 and not (reference.run / "checkpoints" / ".last.pt.tmp").exists()
+    double = tmp_path / "two"
+    shutil.copytree(reference.run, double)  # evaluate --save and tune write into the run: into a copy
+    resumed = reference.resumed
     # a resume, not a restart: it says where it resumed, trains epoch 2 only and keeps epoch 1's row byte for byte
-    assert resumed.count(f"resuming '{double}' after epoch 1") == 1, resumed
+    assert resumed.count(f"resuming '{reference.run}' after epoch 1") == 1, resumed
     assert "epoch 2/2" in resumed and "epoch 1/2" not in resumed, resumed
-    assert (double / "epochs.jsonl").read_text().startswith(first_row)
+    assert (double / "epochs.jsonl").read_text().startswith(reference.first_row)
     assert json.loads((double / "metrics.json").read_text())["launches"] == [{"start_epoch": 0, "epochs": 1}, {"start_epoch": 1, "epochs": 1}]
 
-    one, two = _history(single), _history(double)
+    one, two = epoch_rows(single), epoch_rows(double)
     assert [r["epoch"] for r in two] == [1, 2]  # written once (by rank 0), resumed after epoch 1
     for a, b in zip(one, two):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)  # averaged over both processes
@@ -154,10 +130,10 @@ def test_two_process_torchrun_matches_one_process_and_resumes(tmp_path, cli, tin
         assert g1[key].abs().sum() > 0 and torch.allclose(g1[key], g2[key], rtol=1e-4), key
 
     # evaluate and tune under torchrun: the whole test set, printed and written once (by rank 0)
-    shown = _torchrun("evaluate", str(double), "--posthoc", "la", "--save").stdout
+    shown = torchrun("evaluate", str(double), "--posthoc", "la", "--save").stdout
     assert shown.count("test metrics of") == 1 and shown.count("without and with post-hoc la") == 1, shown  # one comparison table
     assert shown.count("wrote ") == 1, shown
     saved = json.loads((double / "eval_la.json").read_text())
     assert saved["num_images"] == test_images
-    shown = _torchrun("tune", str(double), "--posthoc", "la", "--grid", "0:1:0.5").stdout
+    shown = torchrun("tune", str(double), "--posthoc", "la", "--grid", "0:1:0.5").stdout
     assert shown.count("wrote ") == 1 and shown.count("post-hoc la: validation top-1 over tau") == 1, shown

@@ -9,52 +9,30 @@ import math
 import warnings
 
 import onnx
-import onnxruntime
 import pytest
 import torch
 
-from deploy_runs import evaluate_scores, normalised, split_images, train_tiny
+from deploy_runs import RUNNERS, evaluate_scores, normalised, run_onnx, split_images, target_scores, train_tiny
 from longtail.cli import main
 from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.errors import LongtailError
 from longtail.export import INSTALL_HINT, export_run
-from test_target_prior import target_scores
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    single = train_tiny(tmp, "resnet8_la", ["model.name=resnet8", "eval.posthoc=la"])
-    experts = train_tiny(tmp, "experts", ["model.name=resnet8_experts", "model.num_experts=2"])
-    images = normalised(single, split_images(single)[0])  # 200 test images: not the traced batch size
-    return {"single": single, "experts": experts, "images": images}
+def runs(tmp_path_factory, tiny_run):
+    """The session's tiny run (resnet8, configured with la) and a 2-expert run of this module's own."""
+    experts = train_tiny(tmp_path_factory.mktemp("export"), "experts", ["model.name=resnet8_experts", "model.num_experts=2"])
+    images = normalised(tiny_run, split_images(tiny_run)[0])  # 500 test images: not the traced batch size
+    return {"single": tiny_run, "experts": experts, "images": images}
 
 
 def export(run, fmt, out, *options):
     code = main(["export", str(run), "--format", fmt, "--out", str(out), *options])
     assert code == 0
     return out
-
-
-def run_onnx(path, images, log_prior=None):
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"images": images.numpy()}
-    if log_prior is not None:
-        feed["log_prior"] = log_prior.numpy()
-    return torch.from_numpy(session.run(["scores"], feed)[0])
-
-
-def run_torchscript(path, images, log_prior=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; loading still works
-        model = torch.jit.load(str(path))
-    with torch.no_grad():
-        return model(images) if log_prior is None else model(images, log_prior)
-
-
-RUNNERS = {"onnx": run_onnx, "torchscript": run_torchscript}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, main_here
 from image_tree import OWN_COUNTS, make_class_folders, write_csv_twin
 from longtail.config import load_config
 from longtail.data import build_data
@@ -195,10 +195,11 @@ def walkthrough_commands() -> list[list[str]]:
     return [line.split()[1:] for line in block.splitlines() if line.startswith("longtail ")]
 
 
-@pytest.mark.slow
-def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, cli):
+def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, capsys, monkeypatch):
     """The README's commands on a generated tree (40/20/10/5 images), made tiny by overrides; predict reads
-    the cat folder as the new photos, and export writes into the test's folder."""
+    the cat folder as the new photos, and export writes into the test's folder. The commands run in this process
+    (`longtail.cli.main`, as the console script does): the interpreter start-up is tested elsewhere."""
+    monkeypatch.chdir(README.parents[1])  # the commands' config paths are relative to the checkout
     commands = walkthrough_commands()
     assert [c[0] for c in commands] == ["inspect", "train", "predict", "export"]
     paths = {"dataset.root=photos": f"dataset.root={tree}", "runs/": f"{tmp_path}/runs/", "new_photos/": str(tree / "cat"),
@@ -208,7 +209,7 @@ def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, cli):
         for old, new in paths.items():
             args = [a.replace(old, new) for a in args]
         overrides = [*SPLIT[1:], *(TINY if args[0] == "train" else [])] if args[0] in ("inspect", "train") else []
-        outputs[args[0]] = cli(*args, *overrides)
+        outputs[args[0]] = main_here(capsys, *args, *overrides)
     run, inspected = tmp_path / "runs" / "photos", tmp_path / "runs" / "photos-inspect"
 
     report = json.loads((inspected / "inspect.json").read_text())
@@ -227,7 +228,7 @@ def test_readme_walkthrough_inspect_train_predict_export(tree, tmp_path, cli):
     assert metrics["per_class_named"] == dict(zip(NAMES, metrics["per_class"]))
     assert metrics["raw"]["per_class_named"] == dict(zip(NAMES, metrics["raw"]["per_class"]))
 
-    cli("evaluate", str(run), "--posthoc", "la", "--save")
+    main_here(capsys, "evaluate", str(run), "--posthoc", "la", "--save")
     saved = json.loads((run / "eval_la.json").read_text())
     assert saved["per_class"] == metrics["per_class"] and saved["per_class_named"] == metrics["per_class_named"]
 

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, cli_env, idx_bytes, write_fake_cifar
+from conftest import setup_and_one_step as _build_like_fit
 from longtail.checkpoint import TRAINING_STATE, load_checkpoint, save_atomic
 from longtail.cli import main
 from longtail.config import SCHEMA, SECTIONS, load_config
@@ -150,33 +151,6 @@ def _typed_values(key: str) -> st.SearchStrategy[str]:
 _TYPED = st.sampled_from(sorted(SCHEMA)).flatmap(_typed_values)
 _HOSTILE = st.tuples(st.sampled_from(sorted(SCHEMA) + sorted(SECTIONS)) | st.text(max_size=10), HOSTILE_VALUES).map("=".join)
 OVERRIDES = st.one_of(_TYPED, _TYPED, _TYPED, _HOSTILE)  # three typed overrides for one hostile one
-
-
-def _build_like_fit(cfg):
-    """The setup engine._fit performs before its first epoch, then one training step and an evaluation."""
-    from longtail import distributed
-    from longtail.data import build_data
-    from longtail.data.pipeline import train_batches
-    from longtail.inference import evaluate_split
-    from longtail.losses import create_loss
-    from longtail.models import create_model
-    from longtail.optim import build_optimizer, build_scheduler, lr_factor
-
-    runtime = distributed.setup(cfg.device)
-    bundle = build_data(cfg)
-    model = create_model(cfg.model, bundle.num_classes, bundle.in_channels).to(runtime.device)
-    criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
-    batches = train_batches(bundle, cfg, runtime)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, len(batches))
-    [lr_factor(cfg.train, e) for e in (0, 0.5, cfg.train.epochs / 2, cfg.train.epochs)]
-    batches.set_epoch(0)
-    x, y = next(iter(batches))
-    loss = criterion(model(x.to(runtime.device))[criterion.input_key], y.to(runtime.device))
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    evaluate_split(model, bundle.test, bundle, cfg, runtime)
 
 
 @pytest.fixture(scope="module")

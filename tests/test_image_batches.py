@@ -355,11 +355,10 @@ def test_per_image_seeds_use_every_bit_of_seed_epoch_and_position():
     assert len({tuple(u) for u in uniforms}) == len(keys)
 
 
-@pytest.mark.slow  # three launches of the CLI with DataLoader workers
 def test_killed_image_list_training_resumes_bit_for_bit(tree, tmp_path):
     """Crop boxes, flips and jitter drawn in two workers, the jitter on the device: killed once epoch 1's
     checkpoint exists, the run resumes after epoch 1 and ends with the uninterrupted run's weights."""
-    from test_kill_resume import Kill, assert_same_run, check_resumed, last_epoch, launch
+    from resume_harness import Kill, assert_same_run, check_resumed, last_epoch, launch
 
     def args(run: Path) -> list[str]:
         return ["train", "configs/fmnist_lt/ce_imba100.yaml", "dataset.name=imagenet_lt", f"dataset.root={tree['root']}",

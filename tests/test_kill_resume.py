@@ -3,14 +3,15 @@ where the uninterrupted run ends (CPU, deterministic settings, the default bf16 
 where the CPU has them), resumes rather than restarts, and no kill ever leaves a half-written file.
 
 Kill points per case, each in a fresh process resuming the previous one: one mid-epoch (a fifth of an
-epoch after the "epoch 1/3" line), one while a checkpoint is being written (the moment its temp file
-appears), seeded random ones at a fraction of the training left to the launch, counted from the moment
-training starts (the engine's "computing on ..." line, printed once data and model are ready), and (CE
-only) one during the final test (after the "epoch 3/3" line, before metrics.json). Every kill must land
-after training started: a kill during interpreter start-up or data loading proves nothing about resuming.
-Every launch after the first must resume where the last one committed: it prints "resuming ... after
-epoch N" with N the epochs in last.pt, trains only later epochs, leaves the rows of epochs.jsonl already
-written byte for byte (timings included), and metrics.json's "launches" add up to the epochs once.
+epoch after the "epoch 1/3" line), seeded random ones at a fraction of the training left to the launch,
+counted from the moment training starts (the engine's "computing on ..." line, printed once data and model
+are ready), and (CE only, since the code is the same for every method) one while a checkpoint is being written
+(the moment its temp file appears) and one during the final test (after the "epoch 3/3" line, before
+metrics.json). Every kill must land after training started: a kill during interpreter start-up or data loading
+proves nothing about resuming. Every launch after the first must resume where the last one committed: it prints
+"resuming ... after epoch N" with N the epochs in last.pt, trains only later epochs, leaves the rows of
+epochs.jsonl already written byte for byte (timings included), and metrics.json's "launches" add up to the
+epochs once. The CE case's uninterrupted reference is also the finished run of the resume-rule tests below.
 
 Kill points are races against a process on a shared machine, so a kill that misses its aim is aimed again,
 up to MAX_AIMS launches per kill point (generous: a miss costs one launch, and a test that gives up on a
@@ -22,199 +23,37 @@ To cover a new method after merging, add a line to CASES (config, overrides, ran
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
 
-from conftest import TINY_FMNIST, cli_env, make_small_fmnist
+from conftest import TINY_FMNIST, make_small_fmnist
 from longtail.checkpoint import TRAINING_STATE, load_checkpoint
+from resume_harness import (CHECKPOINT_TMP, EPOCHS, TRAINING_STARTED, Kill, Launch, RowLedger, assert_same_run,
+                            check_nothing_half_written, check_resumed, last_epoch, launch)
 
-EPOCHS = 3
 MAX_AIMS = 5  # launches per kill point before the test gives up on a machine too loaded to aim at
-TRAINING_STARTED = "computing on"  # the engine's last line before its first training step
 # name -> (config, overrides, random kills). Three epochs on a few hundred images.
 CASES: dict[str, tuple[str, list[str], int]] = {
     # the DataLoader path with two workers (their augmentation RNG must be reproducible too), every aimed kill
-    "ce": ("configs/fmnist_lt/ce_imba100.yaml", ["data.num_workers=2"], 3),
+    "ce": ("configs/fmnist_lt/ce_imba100.yaml", ["data.num_workers=2"], 2),
     # a stateful loss (GALA's gradient statistics live in last.pt) on the device pipeline (AutoAugment on)
-    "gala_device": ("configs/fmnist_lt/gala_imba100.yaml", ["data.pipeline=device", "data.autoaugment=true"], 2),
+    "gala_device": ("configs/fmnist_lt/gala_imba100.yaml", ["data.pipeline=device", "data.autoaugment=true"], 1),
     # multi-expert model and loss
     "lgla": ("configs/fmnist_lt/lgla_imba100.yaml", ["model.name=resnet8_experts"], 1),
 }
-TIMING_KEYS = {"images_per_s", "epoch_time_s"}  # the only values allowed to differ between runs
-CHECKPOINT_TMP = "checkpoints/.*.pt.*.tmp"  # save_atomic's temp files
-
-
-@dataclass
-class Kill:
-    """When to SIGKILL a launch: `delay_s` after a stdout line containing one of `lines` appears, or as soon
-    as a file matching `file` (a glob in the run dir) exists. `fraction` (random kills) sets `delay_s` at
-    launch time, as that share of the launch's expected training time. `aimed(launch)` says whether a kill
-    landed where it was meant to; every kill must also land after training started."""
-
-    name: str
-    lines: tuple[str, ...] = ()
-    delay_s: float = 0.0
-    file: Optional[str] = None
-    fraction: Optional[float] = None
-    aimed: Callable[["Launch"], bool] = lambda launch: True
-
-    def due(self, elapsed: float, output: list[tuple[float, str]], run: Path) -> bool:
-        if self.lines:
-            seen = [t for t, line in output if any(text in line for text in self.lines)]
-            return bool(seen) and elapsed - seen[0] >= self.delay_s
-        return any(run.glob(self.file))
-
-    def landed(self, launch: "Launch") -> bool:
-        return launch.killed and launch.printed(TRAINING_STARTED) and self.aimed(launch)
-
-
-@dataclass
-class Launch:
-    killed: bool
-    output: list[tuple[float, str]]  # (seconds since start, line)
-    tmp_left: list[str] = field(default_factory=list)  # temp files present right after the kill
-
-    def printed(self, text: str) -> bool:
-        return any(text in line for _, line in self.output)
-
-    def when(self, text: str) -> float:
-        return next(t for t, line in self.output if text in line)
-
-    def trained_epochs(self) -> list[int]:
-        return [int(line.split()[1].split("/")[0]) for _, line in self.output if line.startswith("epoch ") and f"/{EPOCHS}" in line]
 
 
 def _args(case: str, data_root: Path, run: Path) -> list[str]:
     config, overrides, _ = CASES[case]
     return ["train", config, *TINY_FMNIST, f"train.epochs={EPOCHS}", f"dataset.root={data_root}",
             "dataset.download=false", *overrides, "--out", str(run), "--resume"]
-
-
-def launch(args: list[str], run: Path, kill: Optional[Kill] = None, timeout: float = 300) -> Launch:
-    """Run `longtail ARGS` in its own process group; SIGKILL the whole group (workers too) when `kill` is due."""
-    env = {**cli_env(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "longtail", *args], cwd=Path(__file__).resolve().parents[1], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    output: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: [output.append((time.monotonic() - start, line.rstrip())) for line in proc.stdout])
-    reader.start()
-    fired, tmp_left = False, []
-    while proc.poll() is None:
-        elapsed = time.monotonic() - start
-        if elapsed > timeout:  # a hung launch, not a slow one: 300 s is 20 times a launch on a shared machine
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"launch timed out: {output}")
-        if kill is not None and kill.due(elapsed, list(output), run):
-            os.killpg(proc.pid, signal.SIGKILL)
-            fired, tmp_left = True, [str(p.relative_to(run)) for p in run.glob("**/*.tmp")]
-            break
-        time.sleep(0.002 if kill is not None and kill.file else 0.01)  # a checkpoint write takes ~20 ms
-    proc.wait()
-    reader.join()
-    if not fired:
-        assert proc.returncode == 0, "\n".join(line for _, line in output)
-    return Launch(fired, output, tmp_left)
-
-
-def last_epoch(run: Path) -> int:
-    last = run / "checkpoints" / "last.pt"
-    return load_checkpoint(last, require=tuple(TRAINING_STATE))["progress"]["epoch"] if last.exists() else 0
-
-
-def check_nothing_half_written(run: Path, previous_epoch: int) -> None:
-    """Every file a killed run leaves is complete, and no finished epoch was lost."""
-    epoch = last_epoch(run)
-    if (run / "checkpoints" / "best.pt").exists():
-        load_checkpoint(run / "checkpoints" / "best.pt")
-    assert epoch >= previous_epoch, "a kill lost a finished epoch"
-    if (run / "metrics.json").exists():
-        json.loads((run / "metrics.json").read_text())
-    if (run / "epochs.jsonl").exists():
-        rows = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
-        assert epoch - 1 <= len(rows) <= epoch  # may lag last.pt by one epoch; the resume rewrites it
-    if (run / "config.yaml").exists():
-        import yaml
-
-        assert isinstance(yaml.safe_load((run / "config.yaml").read_text()), dict)
-
-
-def check_resumed(result: Launch, run: Path, before: int) -> None:
-    """A launch that started on a run with `before` epochs in last.pt continued from there: it said so,
-    and every epoch it trained (and logged) comes after them."""
-    if before and result.printed(TRAINING_STARTED):
-        assert result.printed(f"resuming '{run}' after epoch {before}"), "a launch did not resume from last.pt"
-    assert all(e > before for e in result.trained_epochs()), f"epochs {result.trained_epochs()} retrained after epoch {before}"
-
-
-class RowLedger:
-    """The first version seen of each epochs.jsonl row; a row must never change once written (a resume
-    that recomputed an epoch would write new timings)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, str] = {}
-
-    def check(self, run: Path) -> None:
-        path = run / "epochs.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            epoch = json.loads(line)["epoch"]
-            assert self.rows.setdefault(epoch, line) == line, f"the epochs.jsonl row of epoch {epoch} was rewritten"
-
-
-def _tb_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run / "tb"))  # applies the purge a resumed writer asks for
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def assert_same_run(run: Path, reference: Path) -> None:
-    for name in ("last.pt", "best.pt"):
-        got, want = (load_checkpoint(r / "checkpoints" / name) for r in (run, reference))
-        assert got["model"].keys() == want["model"].keys()
-        for key in want["model"]:
-            assert torch.equal(got["model"][key], want["model"][key]), f"{name}: {key} differs"
-        assert got.get("epoch") == want.get("epoch")
-    got, want = (load_checkpoint(r / "checkpoints" / "last.pt", require=tuple(TRAINING_STATE)) for r in (run, reference))
-    for p, state in want["optimizer"]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(got["optimizer"]["state"][p][key], value), f"optimizer {key} of param {p} differs"
-    assert got["loss"].keys() == want["loss"].keys()
-    for key in want["loss"]:  # a stateful loss's statistics (GALA) resume exactly too
-        assert torch.equal(got["loss"][key], want["loss"][key]), f"loss state {key} differs"
-    metrics, ref_metrics = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
-    assert ref_metrics.pop("launches") == [{"start_epoch": 0, "epochs": EPOCHS}]
-    launches = metrics.pop("launches")
-    assert metrics == ref_metrics
-    # the launches that committed epochs, each starting where the previous one ended: every epoch trained once
-    assert len(launches) > 1 and launches[0]["start_epoch"] == 0
-    assert all(b["start_epoch"] == a["start_epoch"] + a["epochs"] for a, b in zip(launches, launches[1:]))
-    assert sum(x["epochs"] for x in launches) == EPOCHS
-
-    def rows(r: Path) -> list[dict]:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in (r / "epochs.jsonl").read_text().splitlines()]
-
-    assert rows(run) == rows(reference)
-    tb, tb_ref = _tb_scalars(run), _tb_scalars(reference)
-    for tag in ("train/loss", "val/top1"):
-        assert tb[tag] == tb_ref[tag], f"TensorBoard {tag}: duplicated or missing epochs"
-        assert [step for step, _ in tb[tag]] == list(range(1, EPOCHS + 1))
-    assert not list(run.glob("**/*.tmp")), "temp files were left behind"
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +92,27 @@ def aim(kill: Kill, args: list[str], run: Path, expected_s: Callable[[], float],
     raise AssertionError(f"the kill '{kill.name}' missed its aim in {MAX_AIMS} launches; last: {_where(result)}")
 
 
-@pytest.mark.slow  # 20 launches of the CLI in all: a few minutes on a shared 2-core machine
+@pytest.fixture(scope="module")
+def references(data_root, tmp_path_factory) -> Callable[[str], tuple[Path, Launch]]:
+    """case -> its uninterrupted run and that launch, launched once on first use. Read-only: the CE one is also
+    the finished run of the resume-rule tests, which copy it before writing."""
+    made: dict[str, tuple[Path, Launch]] = {}
+
+    def get(case: str) -> tuple[Path, Launch]:
+        if case not in made:
+            run = tmp_path_factory.mktemp(f"reference_{case}") / "run"
+            made[case] = (run, launch(_args(case, data_root, run), run))
+        return made[case]
+
+    return get
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
-    reference = tmp_path / "reference"
-    ref = launch(_args(case, data_root, reference), reference)
+def test_killed_runs_resume_bit_for_bit(case, references, data_root, tmp_path):
+    """Over 30 s (4 to 7 launches of the CLI per case): the only test that a run SIGKILLed at any moment of
+    training, in a checkpoint write or in the final test resumes bit for bit (weights, optimizer and loss state,
+    metrics, epochs.jsonl, TensorBoard) with each pipeline and a stateful loss, and leaves nothing half-written."""
+    reference, ref = references(case)
     assert ref.printed("test metrics") and ref.trained_epochs() == list(range(1, EPOCHS + 1))
     epoch_s = (ref.when(f"epoch {EPOCHS}/{EPOCHS}") - ref.when(TRAINING_STARTED)) / EPOCHS
     run = tmp_path / "killed"
@@ -269,10 +124,10 @@ def test_killed_runs_resume_bit_for_bit(case, data_root, tmp_path):
     plan = [
         Kill("mid-epoch", lines=(f"epoch 1/{EPOCHS}",), delay_s=0.2 * epoch_s,
              aimed=lambda r: r.printed(f"epoch 1/{EPOCHS}") and not r.printed(f"epoch 2/{EPOCHS}")),
-        Kill("checkpoint write", file=CHECKPOINT_TMP, aimed=lambda r: bool(r.tmp_left)),
         *[Kill(f"random {i + 1}", lines=(TRAINING_STARTED,), fraction=rng.uniform(0.05, 0.95)) for i in range(CASES[case][2])],
     ]
-    if case == "ce":  # the final test is the same code for every method
+    if case == "ce":  # the checkpoint write (save_atomic) and the final test are the same code for every method
+        plan.insert(1, Kill("checkpoint write", file=CHECKPOINT_TMP, aimed=lambda r: bool(r.tmp_left)))
         plan.append(Kill("final test", lines=(f"epoch {EPOCHS}/{EPOCHS}", f"after epoch {EPOCHS}"),
                          aimed=lambda r: not r.printed("test metrics")))
     ledger = RowLedger()
@@ -299,13 +154,10 @@ def _where(result: Launch) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_root, tmp_path_factory):
-    """A finished one-epoch run (subprocess) and the arguments that made it."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    args = _args("ce", data_root, run)
-    args[args.index(f"train.epochs={EPOCHS}")] = "train.epochs=1"
-    launch(args, run)
-    return run, args
+def finished_run(references, data_root):
+    """A finished run (the CE case's uninterrupted reference, 3 epochs) and the arguments that made it."""
+    run, _ = references("ce")
+    return run, _args("ce", data_root, run)
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -318,7 +170,7 @@ def test_resuming_a_finished_run_is_a_no_op_that_says_so(finished_run, capsys):
     run, args = finished_run
     before = _snapshot(run)
     assert main(args) == 0
-    assert "already finished 1 epochs; nothing to do" in capsys.readouterr().out
+    assert f"already finished {EPOCHS} epochs; nothing to do" in capsys.readouterr().out
     assert _snapshot(run) == before
 
 
@@ -338,8 +190,8 @@ def test_resuming_with_a_changed_config_names_the_keys(finished_run, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(finished_run, tmp_path):
-    from conftest import run_cli
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(finished_run, tmp_path, capsys):
+    from longtail.cli import main
 
     run, args = finished_run
     copy = tmp_path / "run"
@@ -347,15 +199,20 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(fin
     good = load_checkpoint(copy / "checkpoints" / "last.pt")
     best_before = (copy / "checkpoints" / "best.pt").read_bytes()
     args = [a if a != str(run) else str(copy) for a in args]
-    # epoch 2 with an absurd learning rate; it must take effect on resume (not the saved 0.1)
-    proc = run_cli(*[a if a != "train.epochs=1" else "train.epochs=2" for a in args], "train.lr=1e30",
-                   "--allow-config-change", check=False)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    err = proc.stderr.strip()
+    # one more epoch with an absurd learning rate; it must take effect on resume (not the saved 0.1)
+    more = [a if a != f"train.epochs={EPOCHS}" else f"train.epochs={EPOCHS + 1}" for a in args]
+    capsys.readouterr()
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:  # in this process (no DataLoader workers forked from it), restoring the switches the training sets
+        assert main([*more, "train.lr=1e30", "data.num_workers=0", "--allow-config-change"]) == 2
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert re.search(r"the loss became (nan|inf|-inf) at step \d+ of epoch 2; training stopped and the last good checkpoint '.*last.pt' \(epoch 1\) was kept", err), err
+    assert re.search(rf"the loss became (nan|inf|-inf) at step \d+ of epoch {EPOCHS + 1}; training stopped and the last good "
+                     rf"checkpoint '.*last.pt' \(epoch {EPOCHS}\) was kept", err), err
     kept = load_checkpoint(copy / "checkpoints" / "last.pt", require=tuple(TRAINING_STATE))
-    assert kept["progress"]["epoch"] == 1
+    assert kept["progress"]["epoch"] == EPOCHS
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
     assert (copy / "checkpoints" / "best.pt").read_bytes() == best_before
 

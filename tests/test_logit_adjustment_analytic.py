@@ -16,38 +16,14 @@ import math
 import pytest
 import torch
 
+from conftest import GAUSSIAN_MEAN, train_linear
+from conftest import normal_cdf as _phi
+from conftest import two_gaussians as sample
 from longtail.losses import CrossEntropyLoss, LogitAdjustedLoss
 from longtail.posthoc import logit_adjust
 
 BAYES = 100 * 0.5 * math.erfc(1.0)  # Phi(-sqrt 2) in percent = 7.865
-MEAN = torch.tensor([1.0, 1.0], dtype=torch.float64)
-
-
-def _phi(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2))
-
-
-def sample(n: int = 200_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = (torch.rand(n, generator=g, dtype=torch.float64) < 0.05).long()  # class 1 = the rare "+1"
-    x = torch.where(y[:, None] == 1, MEAN, -MEAN) + torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return x, y
-
-
-def train_linear(x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.nn.Linear:
-    torch.manual_seed(0)
-    model = torch.nn.Linear(2, 2).double()
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-10,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model
+MEAN = torch.tensor(GAUSSIAN_MEAN, dtype=torch.float64)
 
 
 def balanced_error(model: torch.nn.Linear, offset: torch.Tensor | None = None) -> float:

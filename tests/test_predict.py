@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from deploy_runs import evaluate_scores, split_images, train_tiny
+from deploy_runs import evaluate_scores, split_images, target_scores
 from longtail.checkpoint import load_checkpoint, save_atomic
 from longtail.cli import main
 from longtail.config import load_config
@@ -20,14 +20,13 @@ from longtail.data.fmnist import CLASS_NAMES as FMNIST_NAMES
 from longtail.data.transforms import eval_transform
 from longtail.deployment import preprocessing
 from longtail.input_spec import InputSpec
-from test_target_prior import target_scores
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A resnet8 run configured with post-hoc la, and its whole test split as PNGs (pixel-exact)."""
+def run(tmp_path_factory, tiny_run):
+    """The session's tiny run (resnet8, configured with post-hoc la), and its whole test split as PNGs (pixel-exact)."""
     tmp = tmp_path_factory.mktemp("predict")
-    run_dir = train_tiny(tmp, "resnet8_la", ["model.name=resnet8", "eval.posthoc=la"])
+    run_dir = tiny_run
     images, labels = split_images(run_dir)
     folder = tmp / "test_pngs"
     for i, image in enumerate(images):

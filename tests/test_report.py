@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FMNIST_CONFIG
+from conftest import FMNIST_CONFIG, PNG_SIGNATURE, make_run
+from conftest import exp_counts as counts
 from longtail.config import dump_yaml, load_config
 from longtail.errors import LongtailError
 
@@ -26,34 +27,6 @@ from longtail.report.tables import build_tables, grid, mean_std  # noqa: E402
 from longtail.report.markdown import markdown as results_md  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def counts(imbalance: float, n_max: int = 600, classes: int = 10) -> list[int]:
-    return [int(n_max * (1 / imbalance) ** (i / (classes - 1))) for i in range(classes)]
-
-
-def make_run(path: Path, overrides: list[str], top1: float, shots=(80.0, 50.0, 20.0), tune: dict | None = None,
-             extra_metrics: dict | None = None) -> Path:
-    """A run directory as `longtail train` (and `longtail tune`) leave it, with the given accuracies."""
-    cfg = load_config(None, ["dataset.n_max=600", *overrides])
-    class_counts = counts(cfg.dataset.imbalance_factor)
-    path.mkdir(parents=True)
-    (path / "config.yaml").write_text(dump_yaml(cfg))
-    many, medium, few = shots
-    metrics = {"top1": top1, "mean_class_acc": top1, "many": many, "medium": medium, "few": few,
-               "per_class": [float(top1 + 10 - 2 * i) for i in range(10)], "split": "test", "checkpoint": "best",
-               "epoch": 2, "selected_by": "val_top1", "class_counts": class_counts, "num_images": 1000,
-               **(extra_metrics or {})}
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    epochs = [{"epoch": e, "train_loss": 2.0 / e, "lr": 0.1, "images_per_s": 1000.0, "epoch_time_s": 1.0,
-               "val_top1": top1 - 5 + e, "val_many": many, "val_medium": medium, "val_few": few} for e in (1, 2)]
-    (path / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
-    if tune is not None:
-        (path / f"tune_{tune['posthoc']}.json").write_text(json.dumps(tune))
-    return path
-
-
 def tune_file(tau: float, top1: float, on: str = "val") -> dict:
     grid = [round(0.1 * i, 1) for i in range(21)]
     curve = [{"tau": t, "top1": top1 - abs(t - tau) * 10, "many": 70.0, "medium": 60.0, "few": 50.0} for t in grid]
@@ -273,7 +246,6 @@ def test_cli_report(tmp_path: Path, cli):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
 
 
-@pytest.mark.slow
 def test_report_of_a_real_training_run(tmp_path: Path, cli, tiny_fmnist):
     # guards the report against drift in what `longtail train` writes
     run = tmp_path / "ce"

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
-from test_report import PNG_SIGNATURE, make_run
+from conftest import PNG_SIGNATURE, cli_env, make_run
 
 pytest.importorskip("matplotlib", reason="matplotlib is in the 'report' extra: pip install longtail[report]")
 from matplotlib.image import imread  # noqa: E402

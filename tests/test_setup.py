@@ -4,6 +4,7 @@ and early errors, and which interpreter each make target runs."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -132,7 +133,11 @@ def make_n(*args: str) -> list[str]:
 
 @needs_make
 def test_make_targets_run_in_the_project_venv():
-    assert make_n("test") == ['PYTHON="python3" VENV=".venv" EXTRAS="test" bash scripts/setup.sh', ".venv/bin/python -m pytest"]
+    setup, pytest_line = make_n("test")
+    assert setup == 'PYTHON="python3" VENV=".venv" EXTRAS="test" bash scripts/setup.sh'
+    # pytest lists the 10 slowest tests, then the wall time since make started (setup included), pytest's exit code kept
+    assert re.fullmatch(r'\.venv/bin/python -m pytest --durations=10; rc=\$\?; echo "make test: \$\(\( \$\(date \+%s\) - \d+ \)\) '
+                        r's wall, setup included"; exit \$rc', pytest_line), pytest_line
     demo = make_n("demo", "PYTHON=/usr/bin/python3", "DEMO_ARGS=train.epochs=1 seed=3")
     # the demo installs the report extra it points to, and no test tools, no ONNX Runtime, no timm
     assert demo == ['PYTHON="/usr/bin/python3" VENV=".venv" EXTRAS="report" bash scripts/setup.sh',
@@ -143,7 +148,9 @@ def test_make_targets_run_in_the_project_venv():
 
 @needs_make
 def test_make_without_venv_runs_the_given_interpreter():
-    assert make_n("test", "VENV=") == ['PYTHON="python3" VENV="" EXTRAS="test" bash scripts/setup.sh', "python3 -m pytest"]
+    setup, pytest_line = make_n("test", "VENV=")
+    assert setup == 'PYTHON="python3" VENV="" EXTRAS="test" bash scripts/setup.sh'
+    assert pytest_line.startswith("python3 -m pytest --durations=10;")
     demo = make_n("demo", "VENV=", "PYTHON=/opt/py/bin/python3")
     assert demo[-1] == 'PY="/opt/py/bin/python3" VENV="" bash scripts/demo.sh'
 

@@ -19,7 +19,11 @@ IDENTITY = Calibrator("temperature", 1.0)  # log_softmax of log-posteriors: the 
 def shifted_scores(log_q: torch.Tensor, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """priors.target_prior_scores on posteriors already calibrated."""
     return target_prior_scores(log_q, IDENTITY, source_log_prior(source), target.log())
-from test_logit_adjustment_analytic import MEAN, _phi, sample, train_linear
+from conftest import GAUSSIAN_MEAN, train_linear
+from conftest import normal_cdf as _phi
+from conftest import two_gaussians as sample
+
+MEAN = torch.tensor(GAUSSIAN_MEAN, dtype=torch.float64)
 
 # ----------------------------------------------------------------------------- a Gaussian mixture
 

@@ -21,7 +21,7 @@ from longtail.errors import LongtailError
 from longtail.sweep import slurm_query
 from longtail.sweep.executors import _check_fits, single_process, slurm_parameters
 from longtail.sweep.slurm_query import JobState, Watch
-from test_sweep import CE, write_sweep
+from conftest import CE, write_sweep
 
 
 def fake_commands(folder: Path, monkeypatch: pytest.MonkeyPatch, **scripts: str) -> None:

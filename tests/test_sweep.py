@@ -15,22 +15,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_FMNIST, cli_env, make_small_fmnist
+from conftest import CE, REPO, cli_env, main_here, tiny_sweep, write_sweep
 from longtail.cli import main
 from longtail.config import load_config
 from longtail.errors import LongtailError
 from longtail.sweep import available_cores, dry_run, load_sweep, run_task, thread_share
 from longtail.sweep.executors import Task, slurm_minutes, slurm_parameters
-
-CE = str(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml")
-
-
-def write_sweep(folder: Path, body: dict, name: str = "sweep.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
-
 
 def test_run_names_seeds_and_override_order(tmp_path):
     path = write_sweep(tmp_path, {
@@ -232,25 +222,6 @@ def test_report_reads_saved_posthoc_evaluations_of_the_test_split(tmp_path):
 # ----------------------------------------------------------------------------- the local executor, for real
 
 
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
-    return make_small_fmnist(tmp_path_factory.mktemp("fmnist_sweep"))
-
-
-def tiny_sweep(folder: Path, data_root: Path, epochs: int = 1) -> Path:
-    common = [o for o in TINY_FMNIST if not o.startswith("train.epochs")]
-    return write_sweep(folder, {
-        "base": CE, "out": "runs", "axes": {"seed": [0, 1]},
-        "overrides": [*common, f"train.epochs={epochs}", f"dataset.root={data_root}", "dataset.download=false"],
-        "variants": [
-            {"name": "ce"},
-            # passes every config check, fails when the training builds its model
-            {"name": "broken", "overrides": ["model.pretrained=/nonexistent/weights.pt"]},
-            {"name": "ce_la", "from": "ce", "step": "evaluate --posthoc la --save"},
-        ],
-    })
-
-
 def make_partial(run: Path, argv: list[str]) -> None:
     """Start the training and SIGKILL it once it has saved its first epoch (checkpoints/last.pt)."""
     proc = subprocess.Popen([sys.executable, "-m", "longtail", *argv], env=cli_env(), stdout=subprocess.DEVNULL,
@@ -265,15 +236,17 @@ def make_partial(run: Path, argv: list[str]) -> None:
         proc.wait()
 
 
-@pytest.mark.slow
-def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_root, cli):
-    path = tiny_sweep(tmp_path, small_root, epochs=2)
+def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_fmnist_root, capsys, monkeypatch):
+    """The sweep and report commands run in the test process (`main_here`); the sweep's trainings and steps are
+    the executor's own subprocesses, which import this checkout's longtail (PYTHONPATH, as run_cli sets it)."""
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
+    path = tiny_sweep(tmp_path, small_fmnist_root, epochs=2)
     sweep = load_sweep(path)
     partial = next(t for t in sweep.trainings if t.name == "ce/seed=1")
     make_partial(partial.run_dir, partial.argv)
     assert partial.status() == "partial", "the training finished before it could be interrupted"
 
-    first = cli("sweep", str(path), "--jobs", "2", check=False)
+    first = main_here(capsys, "sweep", str(path), "--jobs", "2", check=False)
     assert first.returncode == 1, first.stdout + first.stderr
     summary = first.stdout.strip().splitlines()[-1]
     broken_logs = [str(tmp_path / "runs" / "broken" / f"seed={s}" / "train.log") for s in (0, 1)]
@@ -290,11 +263,11 @@ def test_local_sweep_skips_resumes_and_survives_a_failure(tmp_path, small_root, 
     assert "resuming" in resumed and "starting the run from epoch 1" not in resumed
     assert "longtail: error:" in Path(broken_logs[0]).read_text() and "/nonexistent/weights.pt" in Path(broken_logs[0]).read_text()
 
-    second = cli("sweep", str(path), "--jobs", "2", check=False)
+    second = main_here(capsys, "sweep", str(path), "--jobs", "2", check=False)
     assert second.returncode == 1
     assert second.stdout.strip().splitlines()[-1].startswith("sweep: 2 ran, 4 skipped, 2 failed: ")
 
-    report = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
+    report = main_here(capsys, "report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().split("Many / medium / few")[0]  # the top-1 table
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| CE")}
     assert set(rows) == {"CE", "CE + post-hoc LA (τ=1)"}, report.stdout

@@ -20,15 +20,10 @@ import torch
 import yaml
 
 import slurm_cluster
-from conftest import REPO, SRC, TINY_FMNIST, cli_env, make_small_fmnist
-from test_ddp import CONFIG, DDP_SETTINGS, _history, _torchrun
-from longtail.sweep import load_sweep, run_task
-from longtail.sweep.executors import Task
-from test_sweep import tiny_sweep, write_sweep
+from conftest import REPO, FMNIST_CONFIG, cli_env, ddp_settings, epoch_rows, tiny_sweep, write_sweep
 
 _missing = slurm_cluster.missing_binaries()
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(bool(_missing), reason=f"Slurm is not installed ({', '.join(_missing)} missing): apt-get install slurm-wlm munge"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the test cluster's slurmd runs jobs as root, so these tests must run as root"),
 ]
@@ -36,28 +31,17 @@ pytest.importorskip("submitit", reason="submitit is in the 'slurm' extra: pip in
 TIMING_KEYS = {"images_per_s", "epoch_time_s"}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    started = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("SLURM_CONF", str(started.conf))  # for sbatch/squeue/scontrol here and in the jobs
-            patch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-            yield started
-    finally:
-        slurm_cluster.stop(started)
+@pytest.fixture
+def cluster(slurm_cluster):
+    """The session's one Slurm cluster (conftest.slurm_cluster), started by the first test here."""
+    return slurm_cluster
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
-    return make_small_fmnist(tmp_path_factory.mktemp("fmnist_slurm"))
-
-
-@pytest.fixture(scope="module")
-def swept(cluster, small_root, tmp_path_factory):
+def swept(slurm_cluster, small_fmnist_root, tmp_path_factory):
     """A sweep run to its end through Slurm: 2 CE runs, 2 failing runs, 2 post-hoc steps."""
     folder = tmp_path_factory.mktemp("slurm_sweep")
-    path = tiny_sweep(folder, small_root, epochs=2)
+    path = tiny_sweep(folder, small_fmnist_root, epochs=2)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm", "--jobs", "2"],
                           env=cli_env(), capture_output=True, text=True, timeout=900)
@@ -66,6 +50,8 @@ def swept(cluster, small_root, tmp_path_factory):
 
 
 def test_a_sweep_through_slurm_runs_reports_and_survives_a_failing_run(swept, cli):
+    """With the cluster's start and the sweep (fixtures) near 30 s: the only run of a whole sweep through Slurm, job
+    array, failing runs, post-hoc steps and the report of its runs."""
     folder, proc = swept
     assert proc.returncode == 1, proc.stdout + proc.stderr  # two runs failed
     assert "submitted 4 jobs to Slurm" in proc.stdout and "submitted 2 jobs to Slurm" in proc.stdout
@@ -124,18 +110,17 @@ def _preempt_after_epoch_1(sweep: subprocess.Popen, run: Path) -> str:
     return out
 
 
-def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(cluster, small_root, tmp_path):
+def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(cluster, swept, small_fmnist_root, tmp_path):
+    """Over 30 s (a Slurm job preempted, requeued and resumed): the only test of a real requeue. The uninterrupted
+    run it must equal is the sweep's ce/seed=0 above: the same command, run by Slurm as one uninterrupted job."""
     folder = tmp_path
-    path = tiny_sweep(folder, small_root, epochs=2)  # the ce/seed=0 run of the sweep above, alone
+    path = tiny_sweep(folder, small_fmnist_root, epochs=2)  # the ce/seed=0 run of the sweep above, alone
     body = yaml.safe_load(path.read_text())
     body.update({"out": "preempted", "axes": {"seed": [0]}, "variants": [{"name": "ce"}]})
     path = write_sweep(folder, body, "preempted.yaml")
     run = folder / "preempted" / "ce" / "seed=0"
-    # the uninterrupted run: the same command, as a Slurm job runs it (one thread), here
-    uninterrupted = load_sweep(path).trainings[0]
-    reference = folder / "reference"
-    argv = (*uninterrupted.argv[:uninterrupted.argv.index("--out")], "--out", str(reference))
-    assert run_task(Task("reference", argv, folder / "reference.log"), threads=1) == 0, (folder / "reference.log").read_text()
+    reference = swept[0] / "runs" / "ce" / "seed=0"  # the same overrides; only --out differs
+    assert "--threads 1 train" in (reference / "train.log").read_text()  # one thread, as here
     sweep = subprocess.Popen([sys.executable, "-m", "longtail", "sweep", str(path), "--executor", "slurm"],
                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = _preempt_after_epoch_1(sweep, run)
@@ -165,21 +150,9 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_metrics(cl
 # ----------------------------------------------------------------------------- DDP over a job's tasks
 
 
-@pytest.fixture(scope="module")
-def torchrun_reference(tmp_path_factory, small_root):
-    """The tiny DDP setting of test_ddp.py trained for 2 epochs by 2-process torchrun."""
-    run = tmp_path_factory.mktemp("torchrun") / "run"
-    _torchrun("train", CONFIG, *_ddp_settings(small_root), "train.epochs=2", "--out", str(run))
-    return run
-
-
-def _ddp_settings(data_root: Path) -> list[str]:
-    return [*TINY_FMNIST, f"dataset.root={data_root}", "dataset.download=false", *DDP_SETTINGS]
-
-
 def _ddp_sweep(folder: Path, name: str, epochs: int, data_root: Path) -> Path:
     """A sweep file without axes (one run, out/run) whose job runs the training over 2 tasks of one node."""
-    body = {"base": str(REPO / CONFIG), "out": name, "overrides": [*_ddp_settings(data_root), f"train.epochs={epochs}"],
+    body = {"base": str(REPO / FMNIST_CONFIG), "out": name, "overrides": [*ddp_settings(data_root), f"train.epochs={epochs}"],
             "slurm": {"tasks_per_node": 2}}
     return write_sweep(folder, body, f"{name}.yaml")
 
@@ -190,8 +163,12 @@ def _cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_two_task_job_is_the_two_process_torchrun_run_and_resumes_after_preemption(cluster, torchrun_reference, small_root, tmp_path):
-    path = _ddp_sweep(tmp_path, "ddp", epochs=2, data_root=small_root)
+def test_a_two_task_job_is_the_two_process_torchrun_run_and_resumes_after_preemption(cluster, torchrun_reference,
+                                                                                     small_fmnist_root, tmp_path):
+    """Over 30 s with the session's torchrun reference: the only test of DDP over a Slurm job's tasks, and of its
+    preemption and resume. Both runs were resumed after epoch 1 (the reference by torchrun --resume)."""
+    torchrun_reference = torchrun_reference.run
+    path = _ddp_sweep(tmp_path, "ddp", epochs=2, data_root=small_fmnist_root)
     run = tmp_path / "ddp" / "run"
     out = _preempt_after_epoch_1(_cli("sweep", str(path), "--executor", "slurm"), run)
     assert out.strip().splitlines()[-1] == "sweep: 1 ran, 0 skipped, 0 failed", out
@@ -207,7 +184,7 @@ def test_a_two_task_job_is_the_two_process_torchrun_run_and_resumes_after_preemp
 
     # the same processes, world size, global batch and reduction order as torchrun: mean train loss within 1e-4
     # relative as the issue asks (in fact equal, and so are the weights, since nothing differs but the launcher)
-    ours, theirs = _history(run), _history(torchrun_reference)
+    ours, theirs = epoch_rows(run), epoch_rows(torchrun_reference)
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == [1, 2]
     for a, b in zip(ours, theirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -233,13 +210,16 @@ def _rank_process(run: Path, rank: int) -> int:
     return 0
 
 
-TIMEOUT_S = 30  # LONGTAIL_COLLECTIVE_TIMEOUT_S for these jobs
+# LONGTAIL_COLLECTIVE_TIMEOUT_S for these jobs: a few seconds, so a hung rank ends the job soon. The ranks meet
+# in a collective every step, and the process group starts before either does any long work alone.
+TIMEOUT_S = 5
 
 
 @pytest.mark.parametrize("how", ["KILL", "STOP"])  # rank 1 dies (gloo notices at once) or hangs (the timeout ends it)
-def test_a_job_whose_rank_1_dies_or_hangs_ends_and_is_reported_failed(cluster, small_root, tmp_path, monkeypatch, how):
+def test_a_job_whose_rank_1_dies_or_hangs_ends_and_is_reported_failed(cluster, small_fmnist_root, tmp_path, monkeypatch, how):
+    """STOP: the only test that a hung process of a Slurm job ends the job within the collective timeout."""
     monkeypatch.setenv("LONGTAIL_COLLECTIVE_TIMEOUT_S", str(TIMEOUT_S))  # exported to the job by sbatch
-    path = _ddp_sweep(tmp_path, "broken", epochs=4, data_root=small_root)
+    path = _ddp_sweep(tmp_path, "broken", epochs=4, data_root=small_fmnist_root)
     run = tmp_path / "broken" / "run"
     sweep = _cli("sweep", str(path), "--executor", "slurm")
     try:
@@ -262,8 +242,8 @@ def test_a_job_whose_rank_1_dies_or_hangs_ends_and_is_reported_failed(cluster, s
     _wait(lambda: _squeue("-o", "%i") == "", "the job to leave the queue", 120, 0.5)
 
 
-def test_a_job_larger_than_the_partition_is_refused_with_slurms_answer(cluster, small_root, tmp_path):
-    path = _ddp_sweep(tmp_path, "too_big", epochs=1, data_root=small_root)
+def test_a_job_larger_than_the_partition_is_refused_with_slurms_answer(cluster, small_fmnist_root, tmp_path):
+    path = _ddp_sweep(tmp_path, "too_big", epochs=1, data_root=small_fmnist_root)
     cpus = os.cpu_count()
     for flags, shape in ((["--tasks-per-node", str(cpus + 2)], f"1 node x {cpus + 2} processes (1 CPU each)"),
                          (["--nodes", "2"], "2 nodes x 2 processes (1 CPU each)")):

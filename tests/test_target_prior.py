@@ -17,9 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SRC, cli_env, import_graph
-from deploy_runs import TINY, evaluate_scores, normalised, split_images
-from conftest import write_fake_fmnist
+from conftest import SRC, TINY_RUN_TEST_PER_CLASS, cli_env, import_graph, write_fake_fmnist
+from deploy_runs import RUNNERS, TINY, evaluate_scores, normalised, split_images, target_scores
 from longtail.calibration import fit_bcts
 from longtail.checkpoint import load_checkpoint, save_atomic
 from longtail.cli import main
@@ -31,16 +30,7 @@ from longtail.evaluation import load_outputs
 from longtail.run import load_run, resolve_checkpoint
 from longtail.shift import run_shift
 
-TEST_PER_CLASS = 50  # backward-50 keeps 50 .. 1 test images per class
-
-
-def target_scores(run_dir: Path, log_q: torch.Tensor) -> torch.Tensor:
-    """The target-prior scores of evaluate's test logits, written out by hand from the run's stored
-    calibration: log_softmax(z / T + b) - log(n_val / N_val) + log q."""
-    cal = load_checkpoint(resolve_checkpoint(run_dir))["calibrator"]
-    z = evaluate_scores(run_dir, "none").double() / cal["temperature"] + torch.tensor(cal["bias"], dtype=torch.float64)
-    counts = torch.tensor(cal["val_counts"], dtype=torch.float64)
-    return (z.log_softmax(1) - (counts / counts.sum()).log() + log_q.double()).float()
+TEST_PER_CLASS = TINY_RUN_TEST_PER_CLASS  # backward-50 keeps 50 .. 1 test images per class
 
 
 def _train(tmp: Path, name: str, extra: list[str]) -> Path:
@@ -61,11 +51,10 @@ def _write_pngs(run_dir: Path, folder: Path, keep: list[int] | None = None) -> P
 
 
 @pytest.fixture(scope="module")
-def ce(tmp_path_factory):
-    """A cross-entropy run (eval.posthoc none) on a long-tailed split, and its whole test split as PNGs."""
-    tmp = tmp_path_factory.mktemp("target_prior")
-    run_dir = _train(tmp, "ce", ["model.name=resnet8"])
-    return run_dir, _write_pngs(run_dir, tmp / "pngs")
+def ce(tmp_path_factory, tiny_run):
+    """The session's tiny run (trained with cross-entropy on a long-tailed split; its configured rule, la, is what
+    a target prior replaces), and its whole test split as PNGs."""
+    return tiny_run, _write_pngs(tiny_run, tmp_path_factory.mktemp("target_prior") / "pngs")
 
 
 def predict_json(capsys, *args) -> tuple[int, dict, str]:
@@ -144,8 +133,6 @@ def test_exports_fed_log_q_give_predicts_scores(ce, tmp_path, capsys, fmt):
     predicted = _probabilities(_by_position(result["predictions"]), 10)
     path = tmp_path / f"m.{fmt}"
     assert main(["export", str(run_dir), "--format", fmt, "--prior-input", "--out", str(path)]) == 0
-    from test_export import RUNNERS
-
     log_q = torch.tensor(result["target_prior"]["log_prior"], dtype=torch.float32)
     scores = RUNNERS[fmt](path, normalised(run_dir, split_images(run_dir)[0]), log_q)
     assert (scores - target_scores(run_dir, log_q)).abs().max() < 1e-4
