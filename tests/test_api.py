@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -18,25 +19,16 @@ import yaml
 from PIL import Image
 
 import longtail
-from conftest import FMNIST_CONFIG, REPO, TINY_FMNIST, cli_env, make_small_fmnist
+from conftest import FMNIST_CONFIG, REPO, TINY_RUN_TEST_PER_CLASS, cli_env
 from longtail.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> list[str]:
-    """TINY_FMNIST on 120 training and 30 test images per class (a 300-image test split keeps every pass short)."""
-    root = make_small_fmnist(tmp_path_factory.mktemp("api_fmnist"), train_per_class=120, test_per_class=30)
-    return [*TINY_FMNIST, f"dataset.root={root}", "dataset.download=false"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny):
-    """A tiny Fashion-MNIST-LT run trained through the API (resnet8, one epoch, with a validation split)."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        return longtail.train(FMNIST_CONFIG, *tiny, out=tmp_path_factory.mktemp("api") / "run")
-    finally:  # fit switches deterministic algorithms on for the process
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+def run(tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run (ResNet-8, one epoch, configured with post-hoc la), which these tests write into."""
+    copy = tmp_path_factory.mktemp("api") / "run"
+    shutil.copytree(tiny_run, copy)
+    return longtail.load_run(copy)
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
@@ -110,13 +102,15 @@ def test_config_forms_and_override_forms_resolve_alike(tmp_path):
 # ----------------------------------------------------------------------------- a run
 
 
-def test_a_trained_run_resumes_instead_of_training_again(run, tiny, capfd):
+def test_a_trained_run_resumes_instead_of_training_again(run, capfd):
     rows, metrics = (run.path / "epochs.jsonl").read_bytes(), (run.path / "metrics.json").stat().st_mtime_ns
-    again = longtail.train(FMNIST_CONFIG, *tiny, out=run.path)  # finished: returned at once
+    again = longtail.train(run.config, out=run.path)  # the run's own config: finished, so returned at once
     assert (run.path / "epochs.jsonl").read_bytes() == rows and (run.path / "metrics.json").stat().st_mtime_ns == metrics
     assert again.metrics == run.metrics and list(again.history["epoch"]) == [1]
     with pytest.raises(longtail.LongtailError, match="already holds a run; pass train.resume=true"):
-        longtail.train(FMNIST_CONFIG, *tiny, out=run.path, resume=False)
+        longtail.train(run.config, out=run.path, resume=False)
+    with pytest.raises(longtail.LongtailError, match="the config differs from the run being resumed in: train.lr"):
+        longtail.train(run.config, {"train.lr": 0.5}, out=run.path)
     assert capfd.readouterr() == ("", "")  # nothing printed without progress=True
 
 
@@ -124,12 +118,14 @@ def test_metrics_and_scores_agree_with_a_hand_computed_accuracy(run, capfd):
     logits, labels = run.scores("test")
     counts = torch.tensor(run.metrics["class_counts"], dtype=torch.float64)
     raw = (logits.argmax(1) == labels).double().mean().item() * 100
-    adjusted = (logits.double() - (counts / counts.sum()).log()).argmax(1)  # post-hoc LA, tau 1
-    assert run.metrics["top1"] == pytest.approx(raw, rel=1e-12)
-    assert run.evaluate()["top1"] == run.metrics["top1"]  # the run's own rule (none): metrics.json
-    la = run.evaluate(posthoc="la")
-    assert la["top1"] == pytest.approx((adjusted == labels).double().mean().item() * 100, rel=1e-12)
-    assert la["posthoc"]["name"] == "la" and set(run.metrics) <= set(la) | {"epoch", "checkpoint", "selected_by", "launches"}
+    adjusted = (logits.double() - (counts / counts.sum()).log()).argmax(1)  # post-hoc LA, tau 1: the run's rule
+    la = (adjusted == labels).double().mean().item() * 100
+    assert run.config.eval.posthoc == "la" and run.metrics["top1"] == pytest.approx(la, rel=1e-12)
+    assert run.evaluate()["top1"] == run.metrics["top1"]  # the run's own rule: metrics.json
+    assert run.evaluate(posthoc="none")["top1"] == pytest.approx(raw, rel=1e-12)
+    metrics = run.evaluate(posthoc="la", tau=1.0)
+    assert metrics["top1"] == run.metrics["top1"] and metrics["posthoc"]["name"] == "la"
+    assert set(run.metrics) <= set(metrics) | {"epoch", "checkpoint", "selected_by", "launches"}  # metrics.json's keys
     assert capfd.readouterr() == ("", "")
 
 
@@ -207,7 +203,7 @@ def test_shift_command_writes_the_rows_the_api_returns(run, capsys):
     assert table.attrs["calibration"] == written["calibration"]
     # a uniform prior on the balanced test split keeps every image: uncorrected, that is the run's raw top-1
     uniform = table.set_index(["test_prior", "correction"]).loc[("uniform", "none")]
-    assert uniform["n_images"] == run.metrics["num_images"] and uniform["top1"] == run.metrics["top1"]
+    assert uniform["n_images"] == 10 * TINY_RUN_TEST_PER_CLASS and uniform["top1"] == run.evaluate(posthoc="none")["top1"]
 
 
 def test_report_command_writes_the_tables_and_figures_the_api_returns(run, tmp_path, capsys):
@@ -219,7 +215,8 @@ def test_report_command_writes_the_tables_and_figures_the_api_returns(run, tmp_p
         command = pd.read_csv(tmp_path / "report" / f"{stem}.csv", dtype=str, keep_default_na=False)
         api = pd.read_csv(io.StringIO(report.tables[stem].to_csv(index=False)), dtype=str, keep_default_na=False)
         assert command.to_dict("records") == api.to_dict("records"), stem
-    assert report.tables["summary"].loc[0, "top1_mean"] == run.metrics["top1"]
+    # the run's raw argmax and its configured rule (post-hoc la), each a row with metrics.json's numbers
+    assert sorted(report.tables["summary"]["top1_mean"]) == sorted([run.metrics["raw"]["top1"], run.metrics["top1"]])
     assert sorted(report.figures) == sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
 
 

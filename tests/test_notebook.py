@@ -8,7 +8,7 @@ import importlib.util
 import pandas as pd
 import pytest
 
-from conftest import REPO, SRC, make_small_fmnist
+from conftest import REPO, SRC
 
 pytest.importorskip("nbclient", reason="nbclient is in the 'test' extra: pip install longtail[test]")
 pytest.importorskip("ipykernel", reason="ipykernel is in the 'test' extra: pip install longtail[test]")
@@ -24,9 +24,8 @@ def _execute():
     return module.execute
 
 
-@pytest.mark.slow
-def test_the_notebook_runs_tiny_and_tabulates_the_three_methods(tmp_path, monkeypatch):
-    root = make_small_fmnist(tmp_path / "fmnist", train_per_class=120, test_per_class=30)
+def test_the_notebook_runs_tiny_and_tabulates_the_three_methods(tmp_path, monkeypatch, small_fmnist_root):
+    root = small_fmnist_root  # 120 training images per class: room for the tiny run's 100 + 10 for validation
     for name, value in {"LONGTAIL_NOTEBOOK_TINY": "1", "LONGTAIL_NOTEBOOK_RUNS": str(tmp_path / "runs"),
                         "LONGTAIL_NOTEBOOK_DATASET_ROOT": str(root), "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(name, value)  # the kernel inherits them
