@@ -49,5 +49,5 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+def __dir__() -> list[str]:  # what a notebook completes after `longtail.`: the public names
+    return sorted(__all__)
