@@ -705,3 +705,51 @@ def test_sweep_time_help_names_every_format_the_code_accepts():
     text = next(a.help for a in sweep._actions if "--time" in a.option_strings)
     assert "minutes" in text and "H:MM:SS" in text and "D-HH:MM:SS" in text
     assert (slurm_minutes("90"), slurm_minutes("1:30:00"), slurm_minutes("2-00:00:00")) == (90, 90, 2880)
+
+
+# ----------------------------------------------------------------------------- the Python API and the notebook
+
+
+def test_api_reference_documents_every_public_name_from_its_docstring(site):
+    import longtail
+
+    ids = parse(built_html(site, "api.md")).ids
+    for name in (n for n in longtail.__all__ if n != "__version__"):
+        obj = getattr(longtail, name)
+        target = getattr(obj, "__api__", None)  # longtail.sweep / longtail.report: the packages call the API function
+        path = target.replace(":", ".") if target else f"{obj.__module__}.{obj.__qualname__}"
+        assert path in ids, f"docs/api.md does not document longtail.{name} ({path})"
+    assert {f"longtail.api.runs.Run.{m}" for m in ("evaluate", "tune", "shift", "predict", "scores", "export")} <= ids
+
+
+def test_the_notebook_page_shows_the_committed_outputs(site):
+    import json
+
+    page = built_html(site, "examples/logit_adjustment.md").read_text(encoding="utf-8")
+    notebook = json.loads((REPO / "examples" / "logit_adjustment.ipynb").read_text(encoding="utf-8"))
+    outputs = [o for cell in notebook["cells"] if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
+    assert outputs, "examples/logit_adjustment.ipynb is committed without outputs; run python examples/execute.py"
+    assert page.count("data:image/png;base64,") == sum("image/png" in o.get("data", {}) for o in outputs) >= 1  # Figure 1
+    for method in ("CE", "post-hoc LA", "LA loss"):
+        assert f"<th>{method}</th>" in page
+    record = REPO / "benchmarks" / "results" / "notebook_logit_adjustment"
+    if not json.loads((record / "run.json").read_text())["tiny"]:  # full size: the page shows the committed record
+        import csv
+
+        with open(record / "table1.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                assert all(f"<td>{float(value):.2f}</td>" in page for key, value in row.items() if key != "method" and value)
+
+
+def test_a_notebook_cell_that_raised_fails_the_build(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("notebook_page", REPO / "scripts" / "notebook_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ROOT = tmp_path
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "1 / 0", "outputs": [
+        {"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": []}]}]}))
+    with pytest.raises(ValueError, match="a cell raised ZeroDivisionError"):
+        module.notebook_markdown(notebook)

@@ -71,8 +71,11 @@ class Preprocessing:
     def load(self, path: str | Path) -> torch.Tensor:
         """uint8 (C, H, W) in the model's colour mode; raises whatever the decoder raises."""
         with Image.open(path) as image:
-            array = np.asarray(image.convert(self.color))
-        tensor = torch.from_numpy(array.copy())
+            return self.pixels(image)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image as uint8 (C, H, W) in the model's colour mode."""
+        tensor = torch.from_numpy(np.asarray(image.convert(self.color)).copy())
         return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 
     @cached_property

@@ -147,6 +147,9 @@ class ViewsPreprocessing:
     def load(self, path: Any) -> torch.Tensor:
         return self.prep.load(path)
 
+    def pixels(self, image: Any) -> torch.Tensor:  # an image given in memory (Run.predict)
+        return self.prep.pixels(image)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         spec = self.prep.spec
         if self.mode == "flip":

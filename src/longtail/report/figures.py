@@ -39,6 +39,15 @@ def _slug(text: str) -> str:
 def write_figures(table: Table, out_dir: Path) -> list[tuple[str, str, str]]:
     """Draw every figure of one dataset table into out_dir; returns (column, caption, file name)."""
     written = []
+    for column, caption, name, fig in draw_figures(table):
+        fig.savefig(out_dir / name, dpi=100)
+        written.append((column, caption, name))
+    return written
+
+
+def draw_figures(table: Table) -> list[tuple[str, str, str, "Figure"]]:
+    """Every figure of one dataset table: (column, caption, file name, matplotlib Figure)."""
+    drawn = []
     for column in table.columns:
         by_method = {m: cells[column] for m, cells in table.rows.items() if cells[column]}
         base = f"{_slug(table.dataset)}_{_slug(column)}"
@@ -55,10 +64,8 @@ def write_figures(table: Table, out_dir: Path) -> list[tuple[str, str, str]]:
             fig = draw(by_method, where)
             if fig is None:  # nothing to draw, e.g. no tune_*.json for this column
                 continue
-            name = f"{kind}_{base}.png"
-            fig.savefig(out_dir / name, dpi=100)
-            written.append((column, caption, name))
-    return written
+            drawn.append((column, caption, f"{kind}_{base}.png", fig))
+    return drawn
 
 
 def _new(width: float = 7.0, height: float = 4.5, cols: int = 1, rows: int = 1, legend: int = 0):

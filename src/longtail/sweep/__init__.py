@@ -2,6 +2,8 @@
 machine or a Slurm cluster. Finished runs are skipped, partial ones resume from last.pt, a failure does
 not stop the others, and a summary line ends it. `longtail report OUT` then makes the tables.
 
+    >>> import longtail
+    >>> longtail.sweep("benchmarks/fmnist_methods.yaml", jobs=2).table()   # the API (longtail.api.sweep)
     >>> from longtail.sweep import load_sweep, run_sweep
     >>> run_sweep(load_sweep("benchmarks/fmnist_methods.yaml"), executor="local", jobs=2)
 """
@@ -13,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import LongtailError
-from .executors import EXECUTORS, Outcome, Task, available_cores, run_task, single_process, slurm_parameters, thread_share
-from .spec import Step, Sweep, Training, load_sweep
+from .executors import (EXECUTORS, Outcome, Task, available_cores, check_slurm, run_task, single_process, slurm_parameters,
+                        thread_share)
+from .spec import SLURM_KEYS, Step, Sweep, Training, load_sweep
 
-__all__ = ["EXECUTORS", "Summary", "Sweep", "Step", "Training", "available_cores", "dry_run", "load_sweep",
+__all__ = ["EXECUTORS", "Summary", "Sweep", "Step", "Training", "available_cores", "check_launch", "dry_run", "load_sweep",
            "run_sweep", "run_task", "thread_share"]
 
 
@@ -61,6 +64,37 @@ def _check_global_batches(runs: list[Training], options: dict[str, Any]) -> None
             raise LongtailError(f"run '{run.name}': {exc} (nodes x gpus or tasks_per_node); change the job's shape or train.batch_size") from None
 
 
+def check_launch(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
+                 slurm: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Everything a run of `sweep` checks before it launches anything, so that a dry run (which calls this too)
+    refuses what the run would. `slurm`: the command line's Slurm options (None: not given), over the file's
+    slurm: section; returns the merged options."""
+    if executor not in EXECUTORS:
+        raise LongtailError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise LongtailError(f"--jobs must be at least 1, got {jobs}")
+    given = {k: v for k, v in (slurm or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(SLURM_KEYS))
+    if unknown:
+        raise LongtailError(f"unknown Slurm option {', '.join(unknown)}; use {', '.join(SLURM_KEYS)}")
+    flags = [f"--{k.replace('_', '-')}" for k in given]
+    spread = [f"--{k.replace('_', '-')} {given[k]}" for k in ("nodes", "tasks_per_node") if k in given]
+    if spread and executor != "slurm":
+        raise LongtailError(f"{' and '.join(spread)} needs --executor slurm: the local executor runs each training as one "
+                            "process on this machine; for several processes here, run the training under torchrun")
+    if flags and executor != "slurm":
+        raise LongtailError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} to --executor slurm only")
+    options = {**sweep.slurm, **given}
+    if executor == "slurm":
+        todo = [run for run in sweep.trainings if run.status() != "done"]
+        if todo:
+            _check_global_batches(todo, options)  # (checks the options too) before asking Slurm
+            check_slurm(options, jobs)
+        if any(step.status() != "done" for step in sweep.steps):
+            check_slurm(single_process(options), jobs)
+    return options
+
+
 def dry_run(sweep: Sweep, say: Callable[[str], None] = print) -> dict[str, int]:
     """List every run and step with its status; returns the counts per status."""
     say(f"sweep '{sweep.path}': {len(sweep.trainings)} training{'s' if len(sweep.trainings) != 1 else ''}, "
@@ -86,12 +120,8 @@ def dry_run(sweep: Sweep, say: Callable[[str], None] = print) -> dict[str, int]:
 def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None, slurm: Optional[dict[str, Any]] = None,
               say: Callable[[str], None] = print) -> Summary:
     """Run what is not done yet: trainings first, then the steps whose training has finished."""
-    if executor not in EXECUTORS:
-        raise LongtailError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
-    if jobs is not None and jobs < 1:
-        raise LongtailError(f"--jobs must be at least 1, got {jobs}")
+    options = check_launch(sweep, executor, jobs, slurm)
     launch = EXECUTORS[executor]
-    options = {**sweep.slurm, **{k: v for k, v in (slurm or {}).items() if v is not None}}
     summary = Summary()
 
     def execute(tasks: list[Task], kind: str, shape: dict[str, Any]) -> None:
@@ -112,8 +142,6 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
             summary.skipped.append(run.name)
         else:
             todo.append(run)
-    if executor == "slurm" and todo:
-        _check_global_batches(todo, options)
     execute([_training_task(run) for run in todo], "trainings", options)
 
     steps = []
@@ -128,3 +156,9 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: Optional[int] = None,
     execute(steps, "post-hoc steps", single_process(options))  # a step is one process
     say(summary.line())
     return summary
+
+
+# `longtail.sweep(...)`: this package is also the API function of its name (longtail.api.sweeps.sweep)
+from .._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "longtail.api.sweeps", "sweep")

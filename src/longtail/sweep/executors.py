@@ -252,6 +252,20 @@ def _check_fits(params: dict[str, Any]) -> None:
                         + (f"; {offers}" if offers else "") + "; ask for fewer nodes, GPUs, tasks or CPUs, or another partition")
 
 
+def check_slurm(options: dict[str, Any], jobs: Optional[int]) -> tuple[dict[str, Any], int]:
+    """What run_slurm checks before it submits (submitit installed, sbatch on PATH, the options valid, a job of this
+    shape runnable on the partition); returns slurm_parameters'. A dry run checks the same, submitting nothing."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise LongtailError("--executor slurm needs submitit: pip install 'longtail[slurm]'") from None
+    if shutil.which("sbatch") is None:
+        raise LongtailError("--executor slurm needs Slurm's sbatch on PATH; run it on a cluster's login node, or use --executor local")
+    params, threads = slurm_parameters(options, jobs)
+    _check_fits(params)
+    return params, threads
+
+
 RESUBMISSIONS = 1  # per run and sweep: how often a requeued job that Slurm then killed is submitted again
 
 
@@ -279,14 +293,9 @@ def run_slurm(tasks: list[Task], jobs: Optional[int], say: Callable[[str], None]
     (FAILED, NODE_FAIL, BOOT_FAIL without a result) is submitted again, RESUBMISSIONS times: it resumes."""
     if not tasks:
         return []
-    try:
-        import submitit
-    except ImportError:
-        raise LongtailError("--executor slurm needs submitit: pip install 'longtail[slurm]'") from None
-    if shutil.which("sbatch") is None:
-        raise LongtailError("--executor slurm needs Slurm's sbatch on PATH; run it on a cluster's login node, or use --executor local")
-    params, threads = slurm_parameters(options, jobs)
-    _check_fits(params)
+    import submitit
+
+    params, threads = check_slurm(options, jobs)
     executor = submitit.SlurmExecutor(folder=folder / "%j")
     executor.update_parameters(**params)
     try:

@@ -38,6 +38,7 @@ VARIANT_KEYS = ("name", "base", "overrides", "from", "step")
 SLURM_KEYS = ("partition", "time", "nodes", "gpus", "tasks_per_node", "cpus", "mem")
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]")  # characters kept as they are in a run directory's name
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DICT_SOURCE = "<sweep dict>"  # the name of a sweep given as a dict; its relative paths start at the working directory
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class Sweep:
 
 
 def _fail(path: Path, message: str) -> LongtailError:
-    return LongtailError(f"sweep file '{path}': {message}")
+    where = "the sweep dict" if path.name == DICT_SOURCE else f"sweep file '{path}'"
+    return LongtailError(f"{where}: {message}")
 
 
 def _unknown(path: Path, key: Any, allowed: tuple[str, ...], where: str) -> LongtailError:
@@ -187,8 +189,11 @@ def _step_args(path: Path, name: str, text: Any) -> tuple[str, ...]:
     return tuple(args)
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and check a sweep file, and every run's config (via longtail.config), before anything runs."""
+def load_sweep(path: str | Path | dict) -> Sweep:
+    """Read and check a sweep file (or the same content as a dict), and every run's config (via
+    longtail.config), before anything runs."""
+    if isinstance(path, dict):
+        return _sweep_from(Path.cwd() / DICT_SOURCE, path)
     path = Path(path)
     if not path.is_file():
         raise LongtailError(f"sweep file '{path}' does not exist; pass a YAML file such as benchmarks/fmnist_methods.yaml")
@@ -196,6 +201,10 @@ def load_sweep(path: str | Path) -> Sweep:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise _fail(path, "not valid YAML; fix the syntax") from None
+    return _sweep_from(path, data)
+
+
+def _sweep_from(path: Path, data: Any) -> Sweep:
     if not isinstance(data, dict):
         raise _fail(path, "must hold a mapping with the keys base, axes, out (and optionally overrides, variants, slurm)")
     for key in data:
