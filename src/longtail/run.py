@@ -32,6 +32,7 @@ from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from .config import Config, flatten, from_flat, parse_override
 from .errors import LongtailError
 from .models import create_model, finetune
+from .plugins import reload_recorded
 from .priors import source_log_prior
 
 DEFAULT_CALIBRATION = "bcts"
@@ -69,6 +70,7 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
     """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
+    reload_recorded(ckpt.get("plugins", ()), ckpt_path)  # the run's components, before its config is read
     try:
         stored = flatten(ckpt["config"])
         from_flat(stored)
@@ -140,10 +142,10 @@ def input_contract_of(cfg: Config, ckpt: dict) -> dict:
         if not isinstance(stored, dict) or not keys <= set(stored):
             raise LongtailError(f"the checkpoint's input contract lacks {sorted(keys - set(stored or {}))}; the checkpoint is damaged")
         return dict(stored)
-    from .data import IN_MEMORY
+    from .catalog import entry
 
     channels = ckpt["in_channels"]
-    native = _LEGACY_IN_MEMORY_SIZE.get(channels) if cfg.dataset.name in IN_MEMORY else None
+    native = _LEGACY_IN_MEMORY_SIZE.get(channels) if entry("dataset", cfg.dataset.name).facts.get("in_memory") else None
     return input_contract(cfg, channels, ckpt["mean"], ckpt["std"], native)
 
 
@@ -192,6 +194,13 @@ def run_calibrator(ckpt: dict, val: dict[str, torch.Tensor], method: str = DEFAU
     if stored is not None and stored.get("method") == method:
         return stored
     return fit_calibrator(val, ckpt["num_classes"], method)
+
+
+def store_fitted(ckpt_path: Path, values: dict) -> None:
+    """Add what post-hoc rules fitted on validation (e.g. {"class_mass": [...]}) to the checkpoint."""
+    ckpt = load_checkpoint(ckpt_path)
+    if any(ckpt.get(k) != v for k, v in values.items()):
+        save_atomic({**{k: v for k, v in ckpt.items() if k != "format_version"}, **values}, ckpt_path)
 
 
 def store_calibrator(ckpt_path: Path, block: dict) -> bool:
