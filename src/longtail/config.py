@@ -46,9 +46,12 @@ class Range:
                 raise LongtailError(f"config key '{key}' must be {self.text()}{self.why}, got {_short(value)}")
 
     def text(self) -> str:
+        def number(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
         if self.high is None:
-            return f"positive" if self.open_low and self.low == 0 else f"at least {self.low:g}"
-        return f"between {self.low:g} and {self.high:g}"
+            return "positive" if self.open_low and self.low == 0 else f"at least {number(self.low)}"
+        return f"between {number(self.low)} and {number(self.high)}"
 
 
 @dataclass(frozen=True)
