@@ -37,10 +37,10 @@ from PIL import Image
 from torch import nn
 
 from .calibration import Calibrator
+from .catalog import NO_RULE
 from .config import Config
 from .errors import LongtailError, one_line
 from .metrics import class_names_of
-from .catalog import NO_RULE
 from .posthoc import PosthocInputs, check_posthoc, class_mass, classifier_weight, describe_posthoc, needs, rule
 from .priors import log_target_prior, target_prior_scores
 from .run import calibrator_of, input_contract_of, load_run, restore_model, rule_of, training_counts

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import config, distributed, plugins, selection
 from .calibration import calibration_summary
+from .catalog import NO_RULE
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle, build_data
@@ -42,7 +43,6 @@ from .models.head_init import initialise_head
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .run import fit_calibrator, input_contract, store_calibrator, store_fitted
-from .catalog import NO_RULE
 from .posthoc import check_posthoc, class_mass, classifier_weight, configured_metrics, format_configured
 
 # Keys that may change between a run and its resume without changing what is computed: each declares it in

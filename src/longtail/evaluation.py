@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import catalog, distributed
-from .catalog import NO_RULE
 from .calibration import calibration_summary
+from .catalog import NO_RULE
 from .config import Config
 from .data import build_data, long_tailed_counts
 from .inference import predict_split

@@ -153,7 +153,7 @@ def reload_recorded(records: Sequence[dict[str, Any]], source: str | Path) -> No
         name, path, digest = record.get("name"), record.get("path"), record.get("sha256")
         if name in _LOADED:
             continue
-        how = f"put it back, or pass --plugin FILE with a replacement defining the run's components"
+        how = "put it back, or pass --plugin FILE with a replacement defining the run's components"
         if path is None or not Path(path).is_file():
             raise LongtailError(f"the run '{source}' was trained with plugin '{path or record.get('spec')}', which is missing; {how}")
         if digest is not None and sha256(Path(path)) != digest:

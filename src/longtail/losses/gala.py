@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..errors import LongtailError
 from ..catalog import register_loss
 from ..config import LossConfig
+from ..errors import LongtailError
 from .base import Loss
 
 EPS = 1e-3

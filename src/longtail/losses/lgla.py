@@ -23,9 +23,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import LongtailError
 from ..catalog import register_loss
 from ..config import LossConfig
+from ..errors import LongtailError
 from .base import Loss
 
 LOG_EPS = 1e-9

@@ -13,9 +13,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..priors import log_prior  # log(n_c / sum n + 1e-12), as Menon et al.'s code: an empty class stays finite
 from ..catalog import register_loss
 from ..config import LossConfig
+from ..priors import log_prior  # log(n_c / sum n + 1e-12), as Menon et al.'s code: an empty class stays finite
 from .base import Loss
 
 
