@@ -1,8 +1,9 @@
 """Behaviour check: one seed-fixed tiny run per shipped config family, its metrics written to a JSON file, so
 two versions of longtail can be compared (issue 29: registries and plugins must not change what runs compute).
 
-A family is a distinct (dataset kind, loss, post-hoc rule, model family) among configs/*/*.yaml; the first config
-of each is trained for one epoch (two for LDAM-DRW, whose re-weighting starts at epoch 1) on generated data of
+A family is a distinct (dataset kind, loss, post-hoc rule, model) among configs/*/*.yaml (kinds: datasets held
+in memory, google's TFRecord files, a folder of images, image lists); the first config of each, cheapest
+dataset first, is trained for one epoch (two for LDAM-DRW, whose re-weighting starts at epoch 1) on generated data of
 the tests' helpers (tests/conftest.py, tests/fake_tfrecords.py, tests/image_tree.py), at the tiny sizes below.
 Families that need data or weights this machine lacks (ImageNet-LT, Places-LT and iNaturalist lists, CLIP
 towers) are listed as skipped, with the reason.
@@ -32,12 +33,20 @@ SKIPPED = {"imagenet_lt": "ImageNet-LT images are not on this machine", "places_
            "inat2018": "iNaturalist images are not on this machine"}
 
 
+KINDS = {"fmnist_lt": "in-memory", "cifar10_lt": "in-memory", "cifar100_lt": "in-memory", "cifar10_lt_tfrecord": "tfrecord",
+         "cifar100_lt_tfrecord": "tfrecord", "folder": "folder"}  # other datasets: image lists
+ORDER = ["fmnist_lt", "cifar10_lt", "own_data", "cifar100_lt"]  # the cheapest dataset of a kind comes first
+
+
 def families() -> dict[tuple, Path]:
-    """{(dataset, loss, rule, model): first config} over configs/*/*.yaml, in sorted order."""
+    """{(dataset kind, loss, rule, model): first config} over configs/*/*.yaml, the cheapest datasets first."""
     found: dict[tuple, Path] = {}
-    for path in sorted((ROOT / "configs").glob("*/*.yaml")):
+    paths = sorted((ROOT / "configs").glob("*/*.yaml"),
+                   key=lambda p: (ORDER.index(p.parent.name) if p.parent.name in ORDER else len(ORDER), str(p)))
+    for path in paths:
         data = yaml.safe_load(path.read_text())
-        key = (data.get("dataset", {}).get("name", "fmnist_lt"), data.get("loss", {}).get("name", "ce"),
+        dataset = data.get("dataset", {}).get("name", "fmnist_lt")
+        key = (KINDS.get(dataset, "image lists"), data.get("loss", {}).get("name", "ce"),
                data.get("eval", {}).get("posthoc", "none"), data.get("model", {}).get("name", "resnet32"))
         found.setdefault(key, path)
     return found
@@ -84,8 +93,9 @@ def main(out: str) -> None:
 
     torch.set_num_threads(1)
     results: dict = {"runs": {}, "skipped": {}}
-    for (dataset, loss, rule, model), config in families().items():
-        name = f"{dataset}/{loss}/{rule}/{model} ({config.relative_to(ROOT)})"
+    for (kind, loss, rule, model), config in families().items():
+        dataset = yaml.safe_load(config.read_text())["dataset"]["name"]
+        name = f"{kind}/{loss}/{rule}/{model} ({config.relative_to(ROOT)})"
         if dataset in SKIPPED or model.startswith("clip/"):
             results["skipped"][name] = SKIPPED.get(dataset, "CLIP weights are not on this machine")
             continue

@@ -113,3 +113,21 @@ def test_a_plugin_hyperparameter_is_a_key_with_range_and_did_you_mean(isolated_p
     with pytest.raises(config.LongtailError, match=r"'loss.sharpness' must lie in 0..inf, got -1"):
         config.load_config(None, ["loss.sharpness=-1"])
     assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_inspect_shows_sample_images_of_a_tfrecord_dataset(tmp_path):
+    """samples.png: one row per class of training images, decoded from the dataset's own files (TFRecord here)."""
+    import numpy as np
+    from PIL import Image
+
+    from fake_tfrecords import write_fake_release
+    from longtail.diagnostics import SAMPLE_SIDE, SAMPLES_PER_CLASS, inspect_dataset
+
+    root = write_fake_release(tmp_path, "cifar10", [6, 4, 3, 2, 2, 1, 1, 1, 1, 1], test_per_class=2)
+    cfg = config.load_config(REPO / "configs" / "cifar10_lt" / "google_baseline.yaml", [f"dataset.root={root}"])
+    inspect_dataset(cfg, tmp_path / "out", log=lambda line: None)
+    grid = np.asarray(Image.open(tmp_path / "out" / "samples.png"))
+    assert grid.shape == (10 * SAMPLE_SIDE, SAMPLES_PER_CLASS * SAMPLE_SIDE, 3)
+    first, last = grid[:SAMPLE_SIDE, :SAMPLE_SIDE].mean(), grid[-SAMPLE_SIDE:, :SAMPLE_SIDE].mean()
+    assert last > first + 50  # the generated images of class 9 are brighter than those of class 0
+    assert grid[-SAMPLE_SIDE:, SAMPLE_SIDE:].max() == 0 < grid[:SAMPLE_SIDE, -SAMPLE_SIDE:].max()  # class 9: 1 image, class 0: 6
