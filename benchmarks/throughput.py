@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmar
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, also when imported from elsewhere
 
 from longtail.config import CHOICES, Config, load_config  # noqa: E402
-from longtail.data import IN_MEMORY  # noqa: E402
+from longtail import register_dataset  # noqa: E402
 from longtail.data.base import DataBundle, RawDataset, TensorImages  # noqa: E402
 from longtail.data.cifar import CIFAR  # noqa: E402
 from longtail.data.device import CHUNK_IMAGES, host_ops_on_one_thread  # noqa: E402
@@ -91,9 +91,8 @@ def register_synthetic_dataset(seed: int = 0, train_per_class: Optional[int] = N
         return RawDataset(synthetic_split(per_class, seed), synthetic_split([test_per_class] * SPEC["num_classes"], seed + 1),
                           SPEC["num_classes"], SPEC["n_max"], SPEC["mean"], SPEC["std"])
 
-    IN_MEMORY[SYNTHETIC] = load
-    if SYNTHETIC not in CHOICES["dataset.name"]:  # names are checked when a config is read
-        CHOICES["dataset.name"] += (SYNTHETIC,)
+    if SYNTHETIC not in CHOICES["dataset.name"]:  # a dataset registered as a plugin's would be
+        register_dataset(SYNTHETIC, in_memory=True, channels=3, native_size=32, given_split=False)(load)
 
 
 # ----------------------------------------------------------------------------- timing

@@ -59,11 +59,11 @@ COMMON = [
 
 
 def register() -> None:
-    """The ViT in timm's registry and the class-subset datasets in longtail's IN_MEMORY table (this process)."""
+    """The ViT in timm's registry and the class-subset datasets registered as longtail datasets (this process)."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    from longtail.data import IN_MEMORY
+    from longtail import catalog, register_dataset
     from longtail.data.base import RawDataset, TensorImages
     from longtail.data.fmnist import load_fmnist
 
@@ -86,12 +86,9 @@ def register() -> None:
                               class_names=raw.class_names[first:first + 5])
         return load
 
-    IN_MEMORY["fmnist_0to4"] = classes(0)
-    IN_MEMORY["fmnist_5to9"] = classes(5)
-    from longtail import config
-
-    if "dataset.name" in config.CHOICES:  # a longtail that checks dataset names when the config is read
-        config.CHOICES["dataset.name"] = (*config.CHOICES["dataset.name"], "fmnist_0to4", "fmnist_5to9")
+    for first, name in ((0, "fmnist_0to4"), (5, "fmnist_5to9")):
+        if name not in catalog.names("dataset"):
+            register_dataset(name, in_memory=True, channels=1, native_size=28, given_split=False)(classes(first))
 
 
 def peak_memory_mib(device: torch.device) -> float:

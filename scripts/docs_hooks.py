@@ -2,7 +2,8 @@
 
 - reference/cli.md     every command and option, read from the argparse parser (longtail.cli.build_parser)
 - reference/config.md  every config key with its type, default, allowed values and meaning, read from the
-                       config schema (longtail.config: the dataclasses, CHOICES, and each field's comment)
+                       config schema (longtail.config: the dataclasses, each field's declared values, and its
+                       comment) and the components' keys (longtail.catalog)
 - results.md           the measurement files under benchmarks/results (each with its hardware line) and the
                        published numbers of benchmarks/results/published.csv
 - changelog.md         CHANGELOG.md of the repository
@@ -159,7 +160,8 @@ def config_defaults() -> dict[str, object]:
 
 
 def config_page() -> str:
-    from longtail.config import CHOICES, SCHEMA, _type_name
+    from longtail import catalog
+    from longtail.config import CHOICE_PREFIXES, CHOICES, FIELDS, SCHEMA, Range, _type_name
 
     meanings = field_meanings()
     defaults = config_defaults()
@@ -177,8 +179,22 @@ def config_page() -> str:
             lines += ["", f"## {section if section == 'top level' else '`' + section + '`'}\n",
                       "| key | type | default | values | meaning |", "| --- | --- | --- | --- | --- |"]
         allowed = ", ".join(_default_text(c) for c in CHOICES.get(key, ()))
+        allowed += "".join(f", `{prefix}<name>`" for prefix in CHOICE_PREFIXES.get(key, ()))
+        values = FIELDS[key].metadata["values"]
+        if isinstance(values, Range):
+            allowed = values.text()
         lines.append(f"| `{key}` | {_cell(_type_name(tp))} | {_default_text(defaults[key])} | {allowed} | "
                      f"{_cell(meanings.get(key, ''))} |")
+    lines += ["", "## Keys of components\n",
+              "Components read keys of their section (`uses`) or add their own (`params`, e.g. a plugin's "
+              "`loss.gamma`), set like any key above (docs/adding-a-method.md).\n",
+              "| component | reads | adds (default, range: meaning) |", "| --- | --- | --- |"]
+    for entry in catalog.entries():
+        if entry.uses or entry.params:
+            sec = catalog.section(entry.kind)
+            added = "; ".join(f"`{sec}.{p.name}` ({p.default}, {p.range_text()}: {p.meaning})" for p in entry.params)
+            lines.append(f"| {catalog.KINDS[entry.kind]} `{entry.name}` | {', '.join(f'`{sec}.{u}`' for u in entry.uses)} | "
+                         f"{_cell(added)} |")
     lines.append("")
     return "\n".join(lines)
 

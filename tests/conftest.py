@@ -506,3 +506,45 @@ def make_run(path: Path, overrides: list[str], top1: float, shots=(80.0, 50.0, 2
     if tune is not None:
         (path / f"tune_{tune['posthoc']}.json").write_text(json.dumps(tune))
     return path
+
+
+# ----------------------------------------------------------------------------- plugins
+
+@pytest.fixture
+def isolated_plugins():
+    """Components and plugins registered during the test are forgotten after it (the registries are process-wide)."""
+    from longtail import catalog, plugins
+
+    registry = {kind: dict(entries) for kind, entries in catalog._REGISTRY.items()}
+    loaded, entry_points = dict(plugins._LOADED), plugins._entry_points_loaded
+    modules = set(sys.modules)
+    yield
+    for kind, entries in registry.items():
+        catalog._REGISTRY[kind].clear()
+        catalog._REGISTRY[kind].update(entries)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    plugins._entry_points_loaded = entry_points
+    for name in set(sys.modules) - modules:
+        if name.startswith(plugins.MODULE_PREFIX):
+            del sys.modules[name]
+
+
+def recipe_blocks() -> dict[str, str]:
+    """docs/adding-a-method.md's files: {'recipe-file: NAME' or 'recipe-config: NAME': text}."""
+    import re
+
+    text = (REPO / "docs" / "adding-a-method.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"<!-- (recipe-[\w-]+(?:: \S+)?) -->\n```\w+\n(.*?)```", text, re.S))
+
+
+def write_recipe(folder: Path) -> Path:
+    """Write the page's plugin file and config into `folder`; returns the config's path."""
+    config = None
+    for marker, body in recipe_blocks().items():
+        path = folder / marker.split(": ", 1)[1]
+        path.write_text(body, encoding="utf-8")
+        if marker.startswith("recipe-config"):
+            config = path
+    assert config is not None
+    return config

@@ -344,57 +344,20 @@ def test_license_citation_and_every_methods_paper():
 # ----------------------------------------------------------------------------- the adding-a-method recipe
 
 
-def recipe_blocks() -> dict[str, str]:
-    text = (DOCS / "adding-a-method.md").read_text(encoding="utf-8")
-    blocks = {}
-    for marker, body in re.findall(r"<!-- (recipe-[\w-]+(?:: \S+)?) -->\n```\w+\n(.*?)```", text, re.S):
-        blocks[marker] = body
-    return blocks
-
-
-def test_adding_a_method_recipe_registers_and_trains(tmp_path, monkeypatch):
-    import torch
-
-    import longtail.losses as losses
-    from deploy_runs import TINY
-    from conftest import write_fake_fmnist
+def test_adding_a_method_recipe_registers_and_trains(tmp_path, isolated_plugins):
+    """The page's one file and config, written as they are, train with no package file edited."""
+    from conftest import write_recipe
+    from longtail import catalog
     from longtail.config import load_config
     from longtail.engine import fit
 
-    blocks = recipe_blocks()
-    loss_file = next(k for k in blocks if k.startswith("recipe-file: src/longtail/losses/"))
-    module_name = "longtail.losses." + Path(loss_file.split(": ")[1]).stem
-    path = tmp_path / (module_name.rsplit(".", 1)[1] + ".py")
-    path.write_text(blocks[loss_file])
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, module_name, module)
-    spec.loader.exec_module(module)
-
-    # the registry line, evaluated as it would sit inside the LOSSES dict
-    entry = eval("{" + blocks["recipe-registry"].strip().rstrip(",") + "}", vars(module))
-    name, make = next(iter(entry.items()))
-    monkeypatch.setitem(losses.LOSSES, name, make)
-    import longtail.config as config
-
-    choice = eval("{" + blocks["recipe-choice"].strip().rstrip(",") + "}")
-    assert set(choice["loss.name"]) == set(config.CHOICES["loss.name"]) | {name}  # the recipe's line is today's list + the new name
-    monkeypatch.setitem(config.CHOICES, "loss.name", choice["loss.name"])
-
-    config_key = next(k for k in blocks if k.startswith("recipe-config: "))
-    config = tmp_path / Path(config_key.split(": ")[1]).name
-    config.write_text(blocks[config_key])
-    cfg = load_config(config, [*TINY, "model.name=resnet8", f"dataset.root={write_fake_fmnist(tmp_path / 'fmnist', 60, 20)}"])
-    assert cfg.loss.name == name
-    loss = losses.create_loss(cfg.loss, [50, 20, 5])
-    logits = torch.randn(4, 3, requires_grad=True)
-    value = loss(logits, torch.tensor([0, 1, 2, 2]))
-    value.backward()
-    assert value.ndim == 0 and torch.isfinite(value) and logits.grad is not None
-    assert "log_prior" in loss.state_dict()  # statistics as buffers, as the recipe says
-
+    config = write_recipe(tmp_path)
+    cfg = load_config(config, ["train.epochs=1", "train.progress=false", "device=cpu"])
+    assert (cfg.loss.name, cfg.loss.gamma, cfg.eval.posthoc, cfg.dataset.name) == ("focal_la", 1.5, "prob_la", "blobs")
+    assert catalog.entry("loss", "focal_la").source == str(tmp_path / "my_methods.py")
     metrics = fit(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").is_file() and 0 <= metrics["top1"] <= 100
+    assert metrics["posthoc"]["name"] == "prob_la"
 
 
 def test_screenshot_script_parses():

@@ -15,12 +15,13 @@ from longtail.data import long_tailed_counts
 from longtail.errors import LongtailError
 from longtail.losses import create_loss
 from longtail.metrics import expert_metrics, format_table
-from longtail.models import MODELS, create_model
+from longtail.catalog import names
+from longtail.models import create_model
 from longtail.models.experts import CosineClassifier, torchvision_resnet_experts
 
 from conftest import REPO, TINY_RUN, fit_here, make_small_fmnist, run_cli, write_fake_cifar
 
-EXPERT_MODELS = sorted(name for name in MODELS if name.endswith("_experts"))
+EXPERT_MODELS = sorted(name for name in names("model") if name.endswith("_experts"))
 TORCHVISION_EXPERTS = ["resnet50_experts", "resnext50_experts", "resnet152_experts"]
 
 

@@ -83,7 +83,7 @@ def test_every_variant_goes_out_before_any_second_seed(tmp_path, monkeypatch):
     ({"base": CE, "out": "r", "variants": [{"name": "a"}, {"name": "p", "from": "a", "step": "tuen --posthoc la"}]},
      "step 'tuen' is not a post-hoc longtail command here"),
     ({"base": CE, "out": "r", "variants": [{"name": "a"}, {"name": "p", "from": "a", "step": "tune --posthoc lq"}]},
-     "invalid choice: 'lq'"),
+     "unknown post-hoc rule 'lq'"),
     ({"base": CE, "out": "r", "variants": [{"name": "a"}, {"name": "p", "from": "a", "step": "evaluate --posthoc la --save"},
                                            {"name": "q", "from": "a", "step": "evaluate --posthoc la --tau 2 --save"}]},
      "would write the same evaluate file"),

@@ -240,32 +240,29 @@ def test_predict_takes_positional_overrides(ce, tmp_path, capsys):
 # ----------------------------------------------------------------------------- names and imports
 
 
-def _table_names(key: str) -> set[str]:
-    """The names of the table a config key selects from."""
-    from longtail import data, losses, models, posthoc
-    from longtail.models import finetune, head_init
+def _registered(kind: str) -> set[str]:
+    """The names registered by the modules that define the components (imported here), not the catalog's list."""
+    import importlib
 
-    tables = {
-        "dataset.name": {*data.IN_MEMORY, *data.IMAGE_LISTS},
-        "model.name": {n for n in models.MODELS if not n.startswith(tuple(models.PREFIXED))},
-        "loss.name": set(losses.LOSSES),
-        "eval.posthoc": {"none", *posthoc.POSTHOC},
-        "model.finetune": set(finetune.FINETUNE),
-        "model.head_init": set(head_init.HEAD_INITS),
-    }
-    return tables[key]
+    from longtail import catalog
+
+    for module in {e.module for e in catalog.entries(kind)}:
+        importlib.import_module(module)
+    return {e.name for e in catalog.entries(kind) if e.obj is not None}
 
 
-@pytest.mark.parametrize("key", ["dataset.name", "model.name", "loss.name", "eval.posthoc", "model.finetune", "model.head_init"])
-def test_the_names_checked_by_the_config_are_the_name_tables(key):
-    assert set(CHOICES[key]) == _table_names(key)
+@pytest.mark.parametrize("kind", ["dataset", "model", "loss", "posthoc", "finetune", "head_init"])
+def test_the_names_checked_by_the_config_are_the_registered_names(kind):
+    from longtail.catalog import KINDS
+
+    assert set(CHOICES[KINDS[kind]]) - {"none"} == _registered(kind)
 
 
-def test_the_config_takes_the_model_tables_prefixes():
+def test_the_config_takes_the_model_prefixes():
     from longtail import models
     from longtail.config import CHOICE_PREFIXES
 
-    assert set(CHOICE_PREFIXES["model.name"]) == set(models.PREFIXED)
+    assert set(CHOICE_PREFIXES["model.name"]) == set(models.PREFIXED) == set(models.PREFIX_BUILDERS)
 
 
 @pytest.mark.parametrize("override, message", [

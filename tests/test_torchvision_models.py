@@ -12,7 +12,8 @@ from torch import nn
 
 from longtail.config import ModelConfig, TrainConfig
 from longtail.errors import LongtailError
-from longtail.models import MODELS, create_model
+from longtail.catalog import names
+from longtail.models import create_model
 from longtail.models.freeze import freeze_backbone, train_mode
 from longtail.models.pretrained import load_pretrained
 from longtail.models.sync_batchnorm import GlobalBatchNorm, convert_sync_batchnorm
@@ -23,7 +24,7 @@ TORCHVISION_NAMES = ["resnet50", "resnext50_32x4d", "resnet152"]
 
 @pytest.mark.parametrize("name", TORCHVISION_NAMES)
 def test_torchvision_model_contract(name):
-    assert name in MODELS
+    assert name in names("model")
     torch.manual_seed(0)
     model = create_model(ModelConfig(name=name), 7, 3)
     assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == 2048

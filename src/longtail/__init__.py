@@ -8,7 +8,8 @@ The Python API mirrors the commands (longtail.api):
     >>> longtail.load_run("runs/ce").predict(["shirt.png"])
 
 Its names are imported on first use (module `__getattr__`), so `import longtail` loads no torch and a config
-mistake fails in well under a second.
+mistake fails in well under a second. The decorators that register components (`register_loss`, ...; see
+longtail/catalog.py) need no torch and are imported at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 __version__ = "0.2.0"
 
+from .catalog import (Param, register_dataset, register_finetune, register_head_init, register_loss, register_model,
+                      register_posthoc)
 from .errors import LongtailError
 
 # public name -> the module that defines it, imported when the name is first used
@@ -27,15 +30,17 @@ _LAZY = {
     "Run": "longtail.api.runs",
     "Sweep": "longtail.api.sweeps",
     "Report": "longtail.api.reports",
-    # MERGE(wt-reg): the registration decorators and the loss base class go here, e.g.
-    # "register_loss": "longtail.registry", "register_model": ..., "register_dataset": ..., "register_posthoc": ...,
-    # "Loss": "longtail.losses.base",
+    # the base class of losses and what a post-hoc rule receives (torch); the registration decorators above need none
+    "Loss": "longtail.losses.base",
+    "PosthocInputs": "longtail.posthoc",
 }
 # `longtail.sweep(...)` and `longtail.report(...)`: the subpackages of those names, callable as the API functions
 # (longtail/_callable.py says why they cannot simply be functions here)
 _CALLABLE_PACKAGES = ("sweep", "report")
 
-__all__ = ["LongtailError", "Report", "Run", "Sweep", "__version__", "load_run", "report", "sweep", "train"]
+__all__ = ["LongtailError", "Report", "Run", "Sweep", "__version__", "load_run", "report", "sweep", "train",
+           "Loss", "Param", "PosthocInputs", "register_loss", "register_model", "register_dataset", "register_posthoc",
+           "register_finetune", "register_head_init"]
 
 
 def __getattr__(name: str) -> Any:

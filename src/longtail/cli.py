@@ -125,6 +125,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        if args.plugin:  # before anything reads a config or a run; sweeps hand them to their trainings
+            from .plugins import export_to_children, load_plugins
+
+            export_to_children(load_plugins(args.plugin))
         if args.threads is not None:
             if args.threads < 1:
                 raise LongtailError(f"--threads must be at least 1, got {args.threads}")

@@ -13,7 +13,9 @@
       none      scores = z
       la        scores = z - tau * log pi            pi: the checkpoint's training prior
       tau_norm  scores = z / ||w_c|| ** tau          w_c: row c of the single linear head
-      pn        scores = z - tau * log S             S: the class mass on the run's validation split
+      pn        scores = z - tau * log S             S: the class mass on the run's validation split (stored with
+                                                     the run when training ends)
+      other     scores = the rule's function of z     a registered rule without per-class constants
 
   pn's scores are the log of p_c / S_c ** tau up to a per-image constant: the same argmax, and their
   softmax is pn's scores renormalised. A target prior q (predict --target-prior) replaces the rule by
@@ -34,10 +36,11 @@ from PIL import Image
 from torch import nn
 
 from .calibration import Calibrator
+from .catalog import NO_RULE
 from .config import Config
 from .errors import LongtailError, one_line
 from .metrics import class_names_of
-from .posthoc import check_posthoc, class_mass, classifier_weight, describe_posthoc, logit_adjust, rebalance, tau_norm
+from .posthoc import PosthocInputs, check_posthoc, class_mass, classifier_weight, describe_posthoc, needs, rule
 from .priors import log_target_prior, target_prior_scores
 from .input_spec import InputSpec
 from .run import calibrator_of, input_spec_of, restore_model, rule_of, training_counts
@@ -141,18 +144,24 @@ def target_prior(cfg: Config, ckpt: dict, ckpt_path: Path, spec: str) -> TargetP
 
 @dataclass
 class ScoreRule:
-    """scores = logits * scale + bias (None means 1 / 0); with a target prior, its scores instead."""
+    """scores = logits * scale + bias (None means 1 / 0), the per-class constants of an affine rule; or, for a rule
+    without constants, `function(logits)`, the rule itself (export traces it when its record says it is
+    traceable); with a target prior, its scores instead."""
 
     posthoc: str
     tau: float
     scale: Optional[torch.Tensor] = None
     bias: Optional[torch.Tensor] = None
     target: Optional[TargetPrior] = None
+    function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    traceable: bool = True
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if self.target is not None:
             return self.target.scores(logits)
         scores = logits.float()
+        if self.function is not None:
+            return self.function(scores).float()
         if self.scale is not None:
             scores = scores * self.scale.to(scores.device)
         if self.bias is not None:
@@ -163,47 +172,52 @@ class ScoreRule:
         if self.target is not None:
             cal = self.target.calibrator
             return f"target prior {self.target.spec} ({cal.method} calibration from val, T = {cal.temperature:.3f})"
-        return "raw argmax" if self.posthoc == "none" else describe_posthoc(self.metadata())
+        return "raw argmax" if self.posthoc == NO_RULE else describe_posthoc(self.metadata())
 
     def metadata(self) -> dict:
         return {
-            "name": self.posthoc, "tau": self.tau, "class_mass": "val" if self.posthoc == "pn" else None,
+            "name": self.posthoc, "tau": self.tau, "class_mass": "val" if needs(self.posthoc, "class_mass") else None,
             "target_prior": None if self.target is None else self.target.spec,
         }
 
 
 def score_rule(posthoc: str, tau: float, class_counts: Sequence[int], weight: Optional[torch.Tensor] = None,
                mass: Optional[torch.Tensor] = None) -> ScoreRule:
-    """The correction `posthoc` at `tau` as per-class constants, each computed by posthoc.py's own
-    function applied to a neutral row (zeros for additive corrections, ones for tau_norm's scale)."""
-    if posthoc == "none":
-        return ScoreRule("none", tau)
+    """The rule `posthoc` at `tau` for single images: its record's per-class constants when it has them (la, pn,
+    tau_norm: posthoc.py), else the rule's own function with these inputs bound."""
+    if posthoc == NO_RULE:
+        return ScoreRule(NO_RULE, tau)
     check_posthoc(posthoc, weight)
-    num_classes = len(class_counts)
-    zeros, ones = torch.zeros(1, num_classes), torch.ones(1, num_classes)
-    if posthoc == "la":
-        return ScoreRule(posthoc, tau, bias=logit_adjust(zeros, class_counts, tau)[0])
-    if posthoc == "tau_norm":
-        return ScoreRule(posthoc, tau, scale=tau_norm(ones, weight, tau, input="logits")[0])
-    if mass is None:
-        raise LongtailError("pn needs the class mass of the run's validation split; use --posthoc la instead")
-    return ScoreRule(posthoc, tau, bias=rebalance(ones, tau, mass).log()[0])  # -tau * log S
+    if needs(posthoc, "class_mass") and mass is None:
+        raise LongtailError(f"{posthoc} needs the class mass of the run's validation split; use another --posthoc "
+                            "(e.g. la) instead")
+    record = rule(posthoc)
+    inputs = PosthocInputs(list(class_counts), weight, None if mass is None else torch.as_tensor(mass, dtype=torch.float32))
+    constants = record.facts.get("constants")
+    if constants is not None:
+        scale, bias = constants(tau, inputs)
+        return ScoreRule(posthoc, tau, scale=scale, bias=bias)
+    return ScoreRule(posthoc, tau, function=lambda logits: record.obj(logits, tau, inputs),
+                     traceable=bool(record.facts.get("traceable", False)))
 
 
 def validation_mass(cfg: Config, ckpt: dict, ckpt_path: Path) -> torch.Tensor:
-    """PN's S: the model run once over the run's validation split (which needs the run's dataset)."""
+    """The class mass of the run's validation split: stored with the run when training ended (ckpt["class_mass"]),
+    else (older runs) the model run once over the validation split, which needs the run's dataset."""
     from .evaluation import outputs_of
 
     if cfg.eval.pn_mass != "val":
         raise LongtailError(
-            "the run's pn uses a transductive class mass (of the evaluated set), which single images do not have; "
+            "the run's rule uses a transductive class mass (of the evaluated set), which single images do not have; "
             "pass eval.pn_mass=val to estimate it on the validation split, or use --posthoc la"
         )
+    if ckpt.get("class_mass") is not None:
+        return torch.as_tensor(ckpt["class_mass"], dtype=torch.float32)
     try:
         run = outputs_of(cfg, ckpt, ckpt_path, ["val"])
-        val = run.split("val", " to estimate PN's class mass", "use --posthoc la")
+        val = run.split("val", " to estimate the class mass", "use --posthoc la")
     except LongtailError as exc:
-        raise LongtailError(f"pn's class mass comes from the run's validation split, which could not be used ({one_line(exc)}); "
+        raise LongtailError(f"the class mass comes from the run's validation split, which could not be used ({one_line(exc)}); "
                             "fix dataset.root or use --posthoc la") from None
     return class_mass(val["logits"])
 
@@ -213,9 +227,9 @@ def configured_rule(cfg: Config, ckpt: dict, ckpt_path: Path, model: nn.Module, 
     """The run's eval.posthoc / eval.tau, or the ones given."""
     posthoc, tau = rule_of(cfg, posthoc, tau)
     weight = classifier_weight(model)
-    if posthoc != "none":
-        check_posthoc(posthoc, weight)  # before pn's pass over the validation split
-    mass = validation_mass(cfg, ckpt, ckpt_path) if posthoc == "pn" else None
+    if posthoc != NO_RULE:
+        check_posthoc(posthoc, weight)  # before a pass over the validation split
+    mass = validation_mass(cfg, ckpt, ckpt_path) if needs(posthoc, "class_mass") else None
     return score_rule(posthoc, tau, ckpt["class_counts"], weight, mass)
 
 

@@ -7,15 +7,16 @@ the classes), the many / medium / few groups of shots.py, and the sizes of the s
 inspect.json and a bar chart class_counts.png (matplotlib, the `report` extra), plus the split lists
 of a folder dataset (split_*.csv) to audit before training.
 
-No image is decoded: Fashion-MNIST-LT and CIFAR-LT counts follow from the config (long_tailed_counts,
-the official sets' sizes); list and folder datasets are read as lists (each listed file is checked to exist).
+Counts of a balanced source with a known protocol (Fashion-MNIST-LT, CIFAR-LT) follow from the config
+(long_tailed_counts, the official sets' sizes, no file read); every other dataset is built from its record.
+samples.png shows training images of every kind of dataset (files decoded; never downloaded).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from .config import Config
 from .errors import LongtailError
 from .shots import RULE, SHOTS, shot_groups
 
-HEAD_SHARE, TAIL_SHARE = 0.2, 0.5  # the head: the largest 20% of the classes; the tail: the smallest 50%
+HEAD_SHARE, TAIL_SHARE = 0.2, 0.5
+SAMPLES_PER_CLASS, SAMPLE_CLASSES, SAMPLE_SIDE = 6, 10, 64  # samples.png: a row of training images per class  # the head: the largest 20% of the classes; the tail: the smallest 50%
 
 
 def gini(counts: Sequence[int]) -> float:
@@ -67,10 +69,12 @@ def summarize_counts(counts: Sequence[int], names: Sequence[str]) -> dict:
 
 def _in_memory_sizes(cfg: Config) -> dict:
     """Counts and split sizes of Fashion-MNIST-LT / CIFAR-LT from the config and the official sets' sizes."""
-    from .data import IN_MEMORY_SHAPES, long_tailed_counts, long_tailed_split
+    from .data import dataset_record, long_tailed_counts, long_tailed_split
 
     d = cfg.dataset
-    classes, n_max, train_per_class, test_per_class, names = IN_MEMORY_SHAPES[d.name]
+    record = dataset_record(d.name)
+    classes, n_max, train_per_class, test_per_class = record.facts["protocol"]
+    names = record.facts.get("class_names")
     counts = long_tailed_counts(d.n_max if d.n_max is not None else n_max, classes, d.imbalance_factor, d.profile)
     val = d.val_per_class if d.val_source != "none" else 0
     # the same check training makes, on the official set's labels (every class train_per_class images)
@@ -84,8 +88,8 @@ def _file_sizes(cfg: Config) -> dict:
     from .run import load_data
 
     bundle = load_data(cfg)
-    sizes = {"counts": bundle.class_counts, "names": bundle.names(), "notes": bundle.notes,
-             "sizes_from": "the lists of the data files (no image decoded)", "split_files": bundle.split_files}
+    sizes = {"counts": bundle.class_counts, "names": bundle.names(), "notes": bundle.notes, "bundle": bundle,
+             "sizes_from": "the lists of the data files", "split_files": bundle.split_files}
     for split in ("val", "test"):
         data = getattr(bundle, split)
         sizes[split] = 0 if data is None else len(data)
@@ -96,21 +100,58 @@ def _file_sizes(cfg: Config) -> dict:
 
 def dataset_diagnostics(cfg: Config) -> tuple[dict, dict[str, str]]:
     """(inspect.json's body, the split files of a folder dataset)."""
-    from .data import IMAGE_LISTS, IN_MEMORY_SHAPES
+    result, split_files, _ = _diagnostics(cfg)
+    return result, split_files
+
+
+def _diagnostics(cfg: Config) -> tuple[dict, dict[str, str], Any]:
+    """dataset_diagnostics, and the data bundle when it was built (None: counted from the config alone)."""
+    from .data import dataset_record
 
     name = cfg.dataset.name
-    if name in IN_MEMORY_SHAPES:
-        sizes = _in_memory_sizes(cfg)
-    elif name in IMAGE_LISTS:
-        sizes = _file_sizes(cfg)
-    else:
-        raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY_SHAPES, *IMAGE_LISTS]))}")
+    # a balanced source with a known protocol is counted from the config alone; any other dataset is built
+    sizes = _in_memory_sizes(cfg) if "protocol" in dataset_record(name).facts else _file_sizes(cfg)
     names = sizes["names"] or [str(c) for c in range(len(sizes["counts"]))]
     result = {"dataset": name, **summarize_counts(sizes["counts"], names)}
     result["splits"] = {"train": result["num_train"], "val": sizes["val"], "test": sizes["test"]}
     result.update({k: sizes[k] for k in ("val_per_class", "test_per_class") if k in sizes})
     result["sizes_from"], result["notes"] = sizes["sizes_from"], list(sizes["notes"])
-    return result, sizes["split_files"]
+    return result, sizes["split_files"], sizes.get("bundle")
+
+
+def sample_grid(split: Any, num_classes: int) -> np.ndarray:
+    """(H, W, 3) uint8: up to SAMPLES_PER_CLASS training images of each of the first SAMPLE_CLASSES classes, one
+    row per class, each resized to SAMPLE_SIDE pixels. Works on every kind of split (images in memory or files)."""
+    import torch
+    import torch.nn.functional as F
+
+    targets = np.asarray(split.targets)
+    rows = []
+    for c in range(min(num_classes, SAMPLE_CLASSES)):
+        tiles = []
+        for i in np.flatnonzero(targets == c)[:SAMPLES_PER_CLASS]:
+            image = split.images[int(i)] if hasattr(split, "images") else split[int(i)][0]
+            image = torch.as_tensor(image)
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+            tiles.append(F.interpolate(image[None].float(), size=(SAMPLE_SIDE, SAMPLE_SIDE), mode="bilinear",
+                                       align_corners=False, antialias=True)[0].round().clamp(0, 255).byte())
+        tiles += [torch.zeros(3, SAMPLE_SIDE, SAMPLE_SIDE, dtype=torch.uint8)] * (SAMPLES_PER_CLASS - len(tiles))
+        rows.append(torch.cat(tiles, dim=2))
+    return torch.cat(rows, dim=1).permute(1, 2, 0).numpy()
+
+
+def write_samples(cfg: Config, bundle: Any, path: Path) -> None:
+    """samples.png, the sample grid of the training split; the data is built (never downloaded) when inspect
+    counted it from the config alone."""
+    import dataclasses
+
+    from PIL import Image
+
+    if bundle is None:
+        from .data import build_data
+
+        bundle = build_data(dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, download=False)))
+    Image.fromarray(sample_grid(bundle.train, bundle.num_classes)).save(path)
 
 
 def write_chart(result: dict, path: Path) -> None:
@@ -165,7 +206,7 @@ def inspect_dataset(cfg: Config, out: str | Path, log: Callable[[str], None] = p
     """Print the diagnostics and write inspect.json, class_counts.png and any split lists into `out`."""
     from .checkpoint import write_json_atomic, write_text_atomic
 
-    result, split_files = dataset_diagnostics(cfg)
+    result, split_files, bundle = _diagnostics(cfg)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +222,11 @@ def inspect_dataset(cfg: Config, out: str | Path, log: Callable[[str], None] = p
         written.append("class_counts.png")
     except ImportError:
         log('longtail: no chart: matplotlib is not installed (pip install "longtail[report]")')
+    try:
+        write_samples(cfg, bundle, out / "samples.png")
+        written.append("samples.png")
+    except LongtailError as exc:  # e.g. an in-memory dataset whose files are not here (inspect never downloads)
+        log(f"longtail: no sample images: {exc}")
     log(f"wrote {', '.join(str(out / n) for n in written)}")
     return result
 

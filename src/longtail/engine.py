@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed, selection
+from . import config, distributed, plugins, selection
 from .calibration import calibration_summary
+from .catalog import NO_RULE
 from .checkpoint import TRAINING_STATE, load_checkpoint, load_state, remove_partial_writes, save_atomic, write_json_atomic, write_text_atomic
 from .config import Config, dump_yaml, flat_dict, from_dict, to_dict
 from .data import DataBundle
@@ -42,14 +43,12 @@ from .models.freeze import train_mode
 from .models.head_init import initialise_head
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
-from .run import fit_calibrator, load_data, store_calibrator
-from .posthoc import check_posthoc, classifier_weight, configured_metrics, format_configured
+from .run import fit_calibrator, load_data, store_calibrator, store_fitted
+from .posthoc import check_posthoc, class_mass, classifier_weight, configured_metrics, format_configured
 
-# Keys that may change between a run and its resume without changing what is computed.
-# data.num_workers is not one: with workers, augmentation draws come from per-worker generators.
-RESUME_SAFE_KEYS = {
-    "train.resume", "train.progress", "dataset.root", "dataset.download", "dataset.verify_images", "eval.batch_size",
-}
+# Keys that may change between a run and its resume without changing what is computed: each declares it in
+# config.py (resume_safe). data.num_workers is not one: with workers, augmentation draws come from per-worker generators.
+RESUME_SAFE_KEYS = config.RESUME_SAFE_KEYS
 CHECK_EVERY = 25  # steps between host syncs (non-finite loss check, progress bar)
 
 
@@ -190,6 +189,7 @@ def checkpoint_payload(cfg: Config, bundle: DataBundle, model: nn.Module, **extr
         "input": bundle.spec.to_dict(),  # the one record of mean, std, size and resize (input_spec.py)
         "model": finetune.model_state(model, cfg.model),
         **({"base": base} if (base := finetune.base_identity(cfg.model)) is not None else {}),
+        "plugins": plugins.recorded(),  # the plugin files whose components the run uses (plugins.reload_recorded)
         **extra,
     }
 
@@ -264,7 +264,7 @@ def _fit(cfg: Config, run_dir: Path, runtime: Runtime, allow_config_change: bool
     if resume_ckpt is None:
         initialise_head(model, cfg.model.head_init, _head_context(cfg, bundle, runtime))
     model = prepare_model(model, cfg, runtime.device)
-    if cfg.eval.posthoc != "none":  # fail now, not after training, if the model cannot take it
+    if cfg.eval.posthoc != NO_RULE:  # fail now, not after training, if the model cannot take it
         check_posthoc(cfg.eval.posthoc, classifier_weight(model))
     criterion = create_loss(cfg.loss, bundle.class_counts).to(runtime.device)
     batches = train_batches(bundle, cfg, runtime)
@@ -458,7 +458,10 @@ def _final_test(cfg: Config, run_dir: Path, bundle: DataBundle, model: nn.Module
     metrics["launches"] = progress.launches
     if runtime.is_main:
         if "calibrator" in metrics:
-            store_calibrator(best_path if chosen == "best" else run_dir / "checkpoints" / "last.pt", metrics["calibrator"])
+            reported = best_path if chosen == "best" else run_dir / "checkpoints" / "last.pt"
+            store_calibrator(reported, metrics["calibrator"])
+            # what a rule fits on validation (PN's class mass), so predict and export need no dataset
+            store_fitted(reported, {"class_mass": class_mass(val["logits"]).tolist()})
         write_json_atomic(run_dir / "metrics.json", metrics)
         title = f"{selection.tag(cfg)}test metrics of the {chosen} checkpoint (epoch {progress.best_epoch})"
         print(format_configured(metrics, title))

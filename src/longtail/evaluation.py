@@ -12,14 +12,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import distributed
+from . import catalog, distributed
 from .calibration import calibration_summary
+from .catalog import NO_RULE
 from .config import Config
 from .data import long_tailed_counts
 from .inference import predict_split
 from .errors import LongtailError
 from .metrics import class_names_of, with_class_names
-from .posthoc import PosthocInputs, class_mass, classifier_weight, configured_metrics, scored_metrics
+from .posthoc import (PosthocInputs, check_name, class_mass, classifier_weight, configured_metrics, needs_val_mass,
+                      scored_metrics, uses_prior)
 from .run import check_bundle, fit_calibrator, load_data, restore_model, rule_of
 from .zeroshot import load_run
 from .selection import protocol_fields
@@ -110,15 +112,18 @@ def evaluate_checkpoint(
     cfg, ckpt, ckpt_path = load_run(path, overrides)
     given_tau = tau is not None
     posthoc, tau = rule_of(cfg, posthoc, tau)
-    if posthoc == "none" and (given_tau or pn_mass is not None):
+    if posthoc == NO_RULE and (given_tau or pn_mass is not None):
         raise LongtailError("a tau or PN class mass goes with a correction, and the rule here is the raw argmax; "
-                            "add --posthoc la|pn|tau_norm")
-    if (imbalance_factor is not None or class_counts is not None) and posthoc != "la":
-        raise LongtailError("an imbalance factor or class counts only change the prior of the la rule; add --posthoc la")
+                            f"add --posthoc {'|'.join(catalog.names('posthoc'))}")
+    if posthoc != NO_RULE:
+        check_name(posthoc)  # a misspelt --posthoc fails before the model runs
+    if (imbalance_factor is not None or class_counts is not None) and not uses_prior(posthoc):
+        with_prior = "|".join(n for n in catalog.names("posthoc") if uses_prior(n))
+        raise LongtailError(f"an imbalance factor or class counts only change the prior of a rule that adjusts by it; add --posthoc {with_prior}")
     pn_mass = pn_mass or cfg.eval.pn_mass
     run = outputs_of(cfg, ckpt, ckpt_path, sorted({split, "val"}))  # val (where the run has one): calibration, pn mass
     evaluated = run.split(split)
-    needs_val = posthoc == "pn" and pn_mass == "val"
+    needs_val = needs_val_mass(posthoc, pn_mass)
     val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if needs_val else None
     prior = prior_counts(run.class_counts, run.cfg, imbalance_factor, class_counts)
     metrics = configured_metrics(posthoc, tau, pn_mass, evaluated, val, run.class_counts, run.weight, prior)

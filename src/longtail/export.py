@@ -54,9 +54,11 @@ class ScoredModel(nn.Module):
     priors.target_prior_scores(logits, calibrator, log_source, log_prior)."""
 
     def __init__(self, model: nn.Module, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                 calibration: Optional[tuple[Calibrator, torch.Tensor]] = None):
+                 calibration: Optional[tuple[Calibrator, torch.Tensor]] = None,
+                 function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         super().__init__()
         self.model = model
+        self.function = function  # a rule without per-class constants, traced after the network
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.calibrator = None if calibration is None else calibration[0]
@@ -70,6 +72,8 @@ class ScoredModel(nn.Module):
         logits = self.model(images)["logits"]
         if self.calibrator is not None:
             return target_prior_scores(logits.float(), self.calibrator, self.log_source, log_prior).float()
+        if self.function is not None:
+            return self.function(logits.float()).float()
         if self.scale is not None:
             logits = logits * self.scale
         if self.bias is not None:
@@ -106,7 +110,13 @@ def prepared_model(deployment: Deployment, prior_input: bool) -> tuple[ScoredMod
     if prior_input:
         target = deployment.rule.target
         return ScoredModel(model, None, None, (target.calibrator, target.log_source)).eval(), "none (target-prior scores)"
-    scale, bias, folded = fold_rule(model, deployment.rule)
+    rule = deployment.rule
+    if rule.function is not None:
+        if not rule.traceable:
+            raise LongtailError(f"post-hoc rule '{rule.posthoc}' cannot be exported: its record does not declare it "
+                                "traceable (pure tensor code); export with --posthoc none, or use longtail predict")
+        return ScoredModel(model, None, None, function=rule.function).eval(), "the graph (the rule traced after the network)"
+    scale, bias, folded = fold_rule(model, rule)
     return ScoredModel(model, scale, bias).eval(), folded
 
 

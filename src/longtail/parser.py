@@ -1,10 +1,23 @@
 """The `longtail` command line's parser: subcommands and their options, no handlers (cli.COMMANDS maps
-each subcommand to its handler). Importing it loads neither torch nor any longtail module, so a sweep
-file's steps are checked against it (sweep.spec) without an import cycle through the CLI."""
+each subcommand to its handler). Importing it loads neither torch nor any longtail module but the torch-free
+catalog, so a sweep file's steps are checked against it (sweep.spec) without an import cycle through the CLI.
+
+Rule names are not argparse choices: a run's plugin rules are known only once its checkpoint is read, so the
+name is checked then (one line, with a did-you-mean); the help lists the catalog's names."""
 
 from __future__ import annotations
 
 import argparse
+
+from .catalog import choices, names
+
+
+def _rules(with_none: bool = True) -> str:
+    return ", ".join(choices("posthoc") if with_none else names("posthoc")) + " or a plugin's rule"
+
+
+def _posthoc(parser: argparse.ArgumentParser, text: str, **options) -> None:
+    parser.add_argument("--posthoc", metavar="RULE", help=f"{text} (one of {_rules(not options.get('required'))})", **options)
 
 
 def _version() -> str:
@@ -14,7 +27,7 @@ def _version() -> str:
 
 
 def _rule_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"], help="prediction rule (default: the run's eval.posthoc)")
+    _posthoc(parser, "prediction rule (default: the run's eval.posthoc)")
     parser.add_argument("--tau", type=float, help="strength of the correction (default: the run's eval.tau)")
 
 
@@ -38,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "model.finetune=zero_shot (CLIP without training)")
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.root=/data")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
-    evaluate.add_argument("--posthoc", choices=["none", "la", "pn", "tau_norm"],
-                          help="prediction rule (default: the run's eval.posthoc, as metrics.json; none: the raw argmax)")
+    _posthoc(evaluate, "prediction rule (default: the run's eval.posthoc, as metrics.json; none: the raw argmax)")
     evaluate.add_argument("--tau", type=float, help="strength of the correction (default: the run's eval.tau)")
     evaluate.add_argument("--pn-mass", choices=["val", "transductive"], help="PN's class mass: from the validation split, "
                           "or from the evaluated split itself (default: the run's eval.pn_mass)")
@@ -65,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="choose the tau of a post-hoc correction on the validation split")
     tune.add_argument("run", help="run directory (uses checkpoints/best.pt) or a .pt checkpoint")
     tune.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dataset.val_source=test_holdout")
-    tune.add_argument("--posthoc", choices=["la", "pn", "tau_norm"], required=True)
+    _posthoc(tune, "the rule whose tau is chosen", required=True)
     tune.add_argument("--grid", default="0:2:0.1", help="tau values: start:stop:step (stop included) or a list (default 0:2:0.1)")
     tune.add_argument("--on", choices=["val", "test"], default="val",
                       help="split to choose tau on; 'test' is optimistic and every output says TUNED ON TEST")
@@ -123,4 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--cpus", int, "CPUs per process (also its torch threads)"),
                              ("--mem", str, "memory per node of a job, e.g. 32G")):
         sweep.add_argument(flag, type=kind, help=f"{text} (default: the sweep file's slurm: section)")
+    for command in commands.choices.values():  # an option of every command
+        command.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
+                             help="a Python file or module registering components (repeatable; see docs/adding-a-method.md)")
     return parser

@@ -1,4 +1,4 @@
-"""Post-hoc corrections of a trained model's predictions: one table from name to function.
+"""Post-hoc corrections of a trained model's predictions: each a rule registered with `register_posthoc`.
 
 - la (Menon et al., ICLR 2021): argmax_c z_c - tau * log pi_c, pi the training class prior.
 - pn, "prediction re-balancing" of the GALA/BaGMar code: p = softmax(z), S_c = the summed p_c over a
@@ -13,12 +13,14 @@ tau = 0 (pn and tau_norm up to a positive per-row factor that leaves the argmax 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from . import catalog
 from .calibration import format_calibration
+from .catalog import register_posthoc
 from .errors import LongtailError
 from .priors import log_prior
 from .metrics import TABLE_KEYS, evaluate_predictions, expert_metrics, format_rows, format_table
@@ -60,18 +62,43 @@ def tau_norm(logits_or_features: torch.Tensor, classifier_weight: torch.Tensor, 
 
 @dataclass
 class PosthocInputs:
-    """What the corrections may need besides the logits and tau."""
+    """What a rule may need besides the logits and tau (its record's `needs` says which)."""
 
     class_counts: Sequence[int]
-    classifier_weight: Optional[torch.Tensor] = None  # tau_norm
-    class_mass: Optional[torch.Tensor] = None  # pn; None = transductive
+    classifier_weight: Optional[torch.Tensor] = None  # "classifier_weight": the (C, D) single linear head
+    class_mass: Optional[torch.Tensor] = None  # "class_mass": per-class prediction mass; None = transductive
 
 
-POSTHOC: dict[str, Callable[[torch.Tensor, float, PosthocInputs], torch.Tensor]] = {
-    "la": lambda logits, tau, inp: logit_adjust(logits, inp.class_counts, tau),
-    "pn": lambda logits, tau, inp: rebalance(logits.float().softmax(-1), tau, inp.class_mass),
-    "tau_norm": lambda logits, tau, inp: tau_norm(logits, inp.classifier_weight, tau, input="logits"),
-}
+# Each rule is one record in longtail/catalog.py (needs, display name, traceable) plus its function here. A rule
+# that is a per-class affine map of the logits also gives `constants(tau, inputs) -> (scale, bias)`, scores =
+# z * scale + bias up to a per-row constant: predict applies them and export folds them into the classifier.
+
+
+def _la_constants(tau: float, inp: PosthocInputs) -> tuple[None, torch.Tensor]:
+    return None, logit_adjust(torch.zeros(1, len(inp.class_counts)), inp.class_counts, tau)[0]
+
+
+def _pn_constants(tau: float, inp: PosthocInputs) -> tuple[None, torch.Tensor]:
+    return None, rebalance(torch.ones(1, len(inp.class_counts)), tau, inp.class_mass).log()[0]  # -tau * log S
+
+
+def _tau_norm_constants(tau: float, inp: PosthocInputs) -> tuple[torch.Tensor, None]:
+    return tau_norm(torch.ones(1, len(inp.class_counts)), inp.classifier_weight, tau, input="logits")[0], None
+
+
+@register_posthoc("la", constants=_la_constants)
+def _la(logits: torch.Tensor, tau: float, inp: PosthocInputs) -> torch.Tensor:
+    return logit_adjust(logits, inp.class_counts, tau)
+
+
+@register_posthoc("pn", constants=_pn_constants)
+def _pn(logits: torch.Tensor, tau: float, inp: PosthocInputs) -> torch.Tensor:
+    return rebalance(logits.float().softmax(-1), tau, inp.class_mass)
+
+
+@register_posthoc("tau_norm", constants=_tau_norm_constants)
+def _tau_norm(logits: torch.Tensor, tau: float, inp: PosthocInputs) -> torch.Tensor:
+    return tau_norm(logits, inp.classifier_weight, tau, input="logits")
 
 
 def classifier_weight(model: nn.Module) -> Optional[torch.Tensor]:
@@ -80,21 +107,48 @@ def classifier_weight(model: nn.Module) -> Optional[torch.Tensor]:
     return weight.detach().float().cpu() if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
+def rule(name: str) -> catalog.Entry:
+    """The record of post-hoc rule `name` (one line with a did-you-mean when unknown)."""
+    return catalog.get("posthoc", name)
+
+
+def needs(name: str, what: str) -> bool:
+    """Whether rule `name` needs `what` (catalog.RULE_NEEDS); 'none' needs nothing."""
+    return name != catalog.NO_RULE and what in catalog.entry("posthoc", name).facts.get("needs", ())
+
+
+def uses_prior(name: str) -> bool:
+    """Whether rule `name` adjusts by the training prior (which evaluate's --imbalance-factor replaces)."""
+    return name != catalog.NO_RULE and bool(catalog.entry("posthoc", name).facts.get("prior"))
+
+
+def needs_val_mass(name: str, mass_source: str) -> bool:
+    """The rule's class mass comes from the validation split (eval.pn_mass=val)."""
+    return needs(name, "class_mass") and mass_source == "val"
+
+
+def display_name(name: str) -> str:
+    """What reports call the rule (its record's display name; the name itself when not registered here)."""
+    try:
+        return catalog.entry("posthoc", name).display
+    except LongtailError:
+        return name
+
+
 def check_name(name: str) -> None:
-    if name not in POSTHOC:
-        raise LongtailError(f"unknown post-hoc correction '{name}'; choose one of {', '.join(POSTHOC)}")
+    rule(name)
 
 
 def check_posthoc(name: str, weight: Optional[torch.Tensor] = None) -> None:
-    """The name is known and the model has what the correction needs."""
+    """The name is known and the model has what the rule needs."""
     check_name(name)
-    if name == "tau_norm" and weight is None:
-        raise LongtailError("tau_norm needs a model with a single linear head `model.classifier`; this model has none")
+    if needs(name, "classifier_weight") and weight is None:
+        raise LongtailError(f"{name} needs a model with a single linear head `model.classifier`; this model has none")
 
 
 def apply_posthoc(name: str, logits: torch.Tensor, tau: float, inputs: PosthocInputs) -> torch.Tensor:
     check_posthoc(name, inputs.classifier_weight)
-    return POSTHOC[name](logits, tau, inputs)
+    return rule(name).obj(logits, tau, inputs)
 
 
 def class_mass(logits: torch.Tensor) -> torch.Tensor:
@@ -111,7 +165,7 @@ def scored_metrics(
     inputs: Optional[PosthocInputs] = None,
 ) -> dict:
     """Accuracy metrics of argmax predictions, after the named correction (or none)."""
-    if posthoc != "none":
+    if posthoc != catalog.NO_RULE:
         logits = apply_posthoc(posthoc, logits, tau, inputs or PosthocInputs(class_counts))
     return evaluate_predictions(logits.argmax(-1), labels, class_counts)
 
@@ -135,17 +189,17 @@ def configured_metrics(
     raw = scored_metrics(test["logits"], test["labels"], class_counts)
     experts = expert_metrics(test, test["labels"], class_counts)  # multi-expert models: each expert's own argmax
     extra = {"experts": experts} if experts else {}
-    if posthoc == "none":
+    if posthoc == catalog.NO_RULE:
         return {**raw, **extra, "raw": raw, "posthoc": None}
     mass = None
-    if posthoc == "pn" and pn_mass == "val":
+    if needs_val_mass(posthoc, pn_mass):
         if val is None:
             raise LongtailError("pn with class mass 'val' needs a validation split; use the transductive class mass instead")
         mass = class_mass(val["logits"])
     inputs = PosthocInputs(prior_counts if prior_counts is not None else class_counts, weight, mass)
     adjusted = scored_metrics(test["logits"], test["labels"], class_counts, posthoc, tau, inputs)
-    block = {"name": posthoc, "tau": tau, "class_mass": pn_mass if posthoc == "pn" else None}
-    if posthoc == "la":
+    block = {"name": posthoc, "tau": tau, "class_mass": pn_mass if needs(posthoc, "class_mass") else None}
+    if uses_prior(posthoc):
         block["prior_counts"] = list(inputs.class_counts)
     return {**adjusted, **extra, "raw": raw, "posthoc": block}
 

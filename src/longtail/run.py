@@ -28,6 +28,7 @@ from .config import Config, flatten, from_flat, parse_override
 from .errors import LongtailError
 from .input_spec import CONFIG_KEYS, InputSpec
 from .models import backbone_preprocessing, create_model, finetune
+from .plugins import reload_recorded
 from .priors import source_log_prior
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, d
     """The checkpoint of a run and its config, with `key=value` overrides (e.g. dataset.root) applied."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
+    reload_recorded(ckpt.get("plugins", ()), ckpt_path)  # the run's components, before its config is read
     try:
         stored = flatten(ckpt["config"])
         from_flat(stored)
@@ -188,6 +190,13 @@ def run_calibrator(ckpt: dict, val: dict[str, torch.Tensor], method: str = DEFAU
     if stored is not None and stored.get("method") == method:
         return stored
     return fit_calibrator(val, ckpt["num_classes"], method)
+
+
+def store_fitted(ckpt_path: Path, values: dict) -> None:
+    """Add what post-hoc rules fitted on validation (e.g. {"class_mass": [...]}) to the checkpoint."""
+    ckpt = load_checkpoint(ckpt_path)
+    if any(ckpt.get(k) != v for k, v in values.items()):
+        save_atomic({**{k: v for k, v in ckpt.items() if k != "format_version"}, **values}, ckpt_path)
 
 
 def store_calibrator(ckpt_path: Path, block: dict) -> bool:

@@ -16,11 +16,12 @@ from typing import Any, Optional
 
 from torch import nn
 
+from .catalog import NO_RULE
 from .config import Config
 from .data import DataBundle
 from .distributed import Runtime
 from .inference import predict_split
-from .posthoc import classifier_weight, configured_metrics
+from .posthoc import classifier_weight, configured_metrics, needs_val_mass
 from .protocol import SELECTED_ON_TEST
 
 WARNING = (f"{SELECTED_ON_TEST}: train.select=best_test chose the reported epoch by its test accuracy (the released "
@@ -35,7 +36,7 @@ def selects_on_test(cfg: Config) -> bool:
 def score_key(cfg: Config, has_val: bool) -> Optional[str]:
     """The epochs.jsonl key whose maximum picks the reported epoch; None: the last epoch."""
     if selects_on_test(cfg):
-        return "test_top1" if cfg.eval.posthoc == "none" else f"test_{cfg.eval.posthoc}_top1"
+        return "test_top1" if cfg.eval.posthoc == NO_RULE else f"test_{cfg.eval.posthoc}_top1"
     if cfg.train.select == "best_val" and has_val:
         return "val_top1"
     return None
@@ -56,12 +57,12 @@ def test_scores(model: nn.Module, bundle: DataBundle, cfg: Config, runtime: Runt
     """An epoch's test metrics (best_test, eval.test_every_epoch): `test_<metric>` of the plain argmax and, with eval.posthoc,
     `test_<posthoc>_<metric>` of the corrected prediction (PN's class mass as configured)."""
     test = predict_split(model, bundle.test, bundle, cfg, runtime)
-    needs_val = cfg.eval.posthoc == "pn" and cfg.eval.pn_mass == "val"
+    needs_val = needs_val_mass(cfg.eval.posthoc, cfg.eval.pn_mass)
     val = predict_split(model, bundle.val, bundle, cfg, runtime) if needs_val and bundle.val is not None else None
     metrics = configured_metrics(cfg.eval.posthoc, cfg.eval.tau, cfg.eval.pn_mass, test, val,
                                  bundle.class_counts, classifier_weight(model))
     row = {f"test_{k}": metrics["raw"][k] for k in RECORDED}
-    if cfg.eval.posthoc != "none":
+    if cfg.eval.posthoc != NO_RULE:
         row.update({f"test_{cfg.eval.posthoc}_{k}": metrics[k] for k in RECORDED})
     return row
 

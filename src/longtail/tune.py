@@ -17,7 +17,7 @@ from .errors import LongtailError
 from .checkpoint import write_json_atomic
 from .evaluation import outputs_of, sweep
 from .metrics import class_names_of, format_table, with_class_names
-from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics
+from .posthoc import PosthocInputs, check_name, check_posthoc, class_mass, configured_metrics, needs, needs_val_mass
 from .protocol import TUNED_ON_TEST
 from .run import fit_calibrator, run_directory, store_calibrator
 from .zeroshot import load_run
@@ -68,7 +68,7 @@ def tune(
     check_name(posthoc)  # before the model runs; whether the model can take it is checked below
     cfg, ckpt, ckpt_path = load_run(path, overrides)
     pn_mass = pn_mass or cfg.eval.pn_mass
-    needs_val = on == "val" or (posthoc == "pn" and pn_mass == "val")
+    needs_val = on == "val" or needs_val_mass(posthoc, pn_mass)
     run = outputs_of(cfg, ckpt, ckpt_path, ["val", "test"] if needs_val else ["test"])
     check_posthoc(posthoc, run.weight)
     test = run.split("test")
@@ -79,7 +79,7 @@ def tune(
     val = run.split("val", " to estimate PN's class mass", "pass --pn-mass transductive") if needs_val else None
 
     # PN's class mass: from val, or (transductive) from whichever split is being scored
-    fixed_mass = class_mass(val["logits"]) if posthoc == "pn" and pn_mass == "val" else None
+    fixed_mass = class_mass(val["logits"]) if needs_val_mass(posthoc, pn_mass) else None
     inputs = PosthocInputs(run.class_counts, run.weight, fixed_mass)
     curve = sweep(posthoc, tuning["logits"], tuning["labels"], taus, run.class_counts, inputs)
     tau = best_tau(curve)
@@ -88,7 +88,7 @@ def tune(
 
     result = {
         "posthoc": posthoc, "on": on, "tau": tau, "grid": taus, "curve": curve, "test": test_metrics,
-        "class_mass": pn_mass if posthoc == "pn" else None, "checkpoint_path": str(run.ckpt_path),
+        "class_mass": pn_mass if needs(posthoc, "class_mass") else None, "checkpoint_path": str(run.ckpt_path),
     }
     if on == "test":
         result["warning"] = f"{ON_TEST}: tau was chosen on the test set, so these test metrics are optimistic"

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..config import Config, flat_dict, flatten, from_flat, load_yaml, parse_override
 from ..errors import LongtailError
+from ..plugins import load_plugins
 from .output import quiet
 from .overrides import Overrides, override_strings
 from .runs import Run
@@ -29,15 +30,6 @@ def resolve_config(config: ConfigLike, overrides: Sequence[Overrides] = ()) -> C
         key, value = parse_override(text)
         values[key] = value
     return from_flat(values)
-
-
-def _load_plugins(plugins: Sequence[str], base_dir: Path) -> None:
-    """Import the plugin modules or files that register losses, models, datasets or post-hoc rules."""
-    if not plugins:
-        return
-    # MERGE(wt-reg): the plugin loader lives in longtail/plugins.py on the registry branch; at merge replace the
-    # raise below by:  from ..plugins import load_plugins; load_plugins(plugins, base_dir)
-    raise LongtailError("plugins= needs longtail's plugin loader (longtail.plugins), which this build does not have")
 
 
 def train(config: ConfigLike, *overrides: Overrides, out: Optional[str | Path] = None, plugins: Sequence[str] = (),
@@ -65,8 +57,7 @@ def train(config: ConfigLike, *overrides: Overrides, out: Optional[str | Path] =
         >>> run = longtail.train("configs/fmnist_lt/ce_imba100.yaml", "train.epochs=1", "model.name=resnet8", out="/tmp/x")
         >>> run.metrics["top1"], run.evaluate(posthoc="la")["top1"]
     """
-    base_dir = Path(config).parent if isinstance(config, (str, Path)) else Path.cwd()
-    _load_plugins(plugins, base_dir)
+    load_plugins(plugins)  # as `--plugin`: files relative to the working directory
     # train.resume is resume-safe, and with it a fresh folder simply starts
     cfg = resolve_config(config, [*overrides, *(["train.resume=true"] if resume else [])])
     if out is None:

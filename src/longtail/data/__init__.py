@@ -1,10 +1,13 @@
-"""Datasets: one table from config name to loader, and the long-tailed split of docs/datasets.md."""
+"""Datasets: each a record registered under its config name (`register_dataset`), and the long-tailed split of
+docs/datasets.md."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
+from .. import catalog
+from ..catalog import register_dataset
 from ..config import Config
 from ..errors import LongtailError
 from ..input_spec import BackboneInput, InputSpec, Overrides, build_input_spec
@@ -16,30 +19,32 @@ from .folder import build_folder
 from .image_list import build_image_lists
 from .splits import holdout_split, long_tailed_counts, long_tailed_split
 
-# In-memory datasets: name -> function(root, download) returning the balanced source.
-IN_MEMORY: dict[str, Callable[[Optional[str], bool], RawDataset]] = {
-    "fmnist_lt": load_fmnist,
-    "cifar10_lt": lambda root, download: load_cifar("cifar10", root, download),
-    "cifar100_lt": lambda root, download: load_cifar("cifar100", root, download),
-}
-# What `longtail inspect` needs of them without reading any file: (classes, standard n_max, training and
-# test images per class of the official balanced sets, class names or None)
-IN_MEMORY_SHAPES: dict[str, tuple[int, int, int, int, Optional[list[str]]]] = {
-    "fmnist_lt": (10, 5000, 6000, 1000, FMNIST_CLASS_NAMES),
-    "cifar10_lt": (10, CIFAR["cifar10"]["n_max"], 5000, 1000, CIFAR["cifar10"]["class_names"]),
-    "cifar100_lt": (100, CIFAR["cifar100"]["n_max"], 500, 100, None),
-}
+# Each dataset is one record, its catalog entry (longtail/catalog.py): the builder registered here, and its facts
+#   in_memory    True: the builder is (root, download) -> RawDataset, a balanced source that make_long_tailed
+#                subsamples; False: the builder is (cfg, name) -> DataBundle, splits read from files
+#   channels     image channels; native_size: the side of its images (None: image files, resized to data.image_size)
+#   given_split  the training split is given (its imbalance comes from its counts, not dataset.imbalance_factor)
+#   class_names  where the class names come from; protocol: (classes, n_max, training and test images per class of
+#                the official balanced sets), what `longtail inspect` counts without reading a file
+_CIFAR10, _CIFAR100 = CIFAR["cifar10"], CIFAR["cifar100"]
+register_dataset("fmnist_lt", class_names=FMNIST_CLASS_NAMES, protocol=(10, 5000, 6000, 1000))(load_fmnist)
+register_dataset("cifar10_lt", class_names=_CIFAR10["class_names"], protocol=(10, _CIFAR10["n_max"], 5000, 1000))(
+    lambda root, download: load_cifar("cifar10", root, download))
+register_dataset("cifar100_lt", class_names=None, protocol=(100, _CIFAR100["n_max"], 500, 100))(
+    lambda root, download: load_cifar("cifar100", root, download))
+# ImageNet-LT / Places-LT lists of Liu et al. 2019 (1000 / 365 classes), iNaturalist 2018 JSON annotations (8142)
+for _name in ("imagenet_lt", "places_lt", "inat2018"):
+    register_dataset(_name, class_names="dataset.class_names, or iNat's JSON categories")(build_image_lists)
+# your own images: a class-folder tree or path,label CSVs (data/folder.py)
+register_dataset("folder", class_names="the folder names, or the CSV's labels")(build_folder)
+# google-research's released CIFAR-LT TFRecord files (EXP-100, drawn once by Menon et al.): cifar_tfrecord.py
+for _name in ("cifar10_lt_tfrecord", "cifar100_lt_tfrecord"):
+    register_dataset(_name, class_names="CIFAR's")(build_tfrecord)
 
-# Datasets read from image files the user has: name -> bundle builder.
-IMAGE_LISTS: dict[str, Callable[[Config, str], DataBundle]] = {
-    "imagenet_lt": build_image_lists,  # ImageNet-LT lists of Liu et al. 2019 (1000 classes)
-    "places_lt": build_image_lists,  # Places-LT lists of Liu et al. 2019 (365 classes)
-    "inat2018": build_image_lists,  # iNaturalist 2018 JSON annotations (8142 classes)
-    "folder": build_folder,  # your own images: a class-folder tree or path,label CSVs (data/folder.py)
-    # google-research's released CIFAR-LT TFRecord files (EXP-100, drawn once by Menon et al.): cifar_tfrecord.py
-    "cifar10_lt_tfrecord": build_tfrecord,
-    "cifar100_lt_tfrecord": build_tfrecord,
-}
+
+def dataset_record(name: str) -> catalog.Entry:
+    """The record of dataset `name` with its builder (one line with a did-you-mean when unknown)."""
+    return catalog.get("dataset", name)
 
 
 def make_long_tailed(raw: RawDataset, cfg: Config, name: str) -> DataBundle:
@@ -68,12 +73,11 @@ def build_data(cfg: Config, backbone: Optional[BackboneInput] = None, spec: Opti
     models.backbone_preprocessing, which the caller above both packages passes: run.load_data) and the data.* keys
     (data.mean, data.std, data.image_size, data.crop_pct)."""
     name = cfg.dataset.name
-    if name in IN_MEMORY:
-        bundle = make_long_tailed(IN_MEMORY[name](cfg.dataset.root, cfg.dataset.download), cfg, name)
-    elif name in IMAGE_LISTS:
-        bundle = IMAGE_LISTS[name](cfg, name)
+    record = dataset_record(name)
+    if record.facts.get("in_memory"):
+        bundle = make_long_tailed(record.obj(cfg.dataset.root, cfg.dataset.download), cfg, name)
     else:
-        raise LongtailError(f"unknown dataset '{name}'; choose one of {', '.join(sorted([*IN_MEMORY, *IMAGE_LISTS]))}")
+        bundle = record.obj(cfg, name)
     if spec is not None:
         return dataclasses.replace(bundle, input=spec)
     d = cfg.data
@@ -82,6 +86,6 @@ def build_data(cfg: Config, backbone: Optional[BackboneInput] = None, spec: Opti
 
 
 __all__ = [
-    "DataBundle", "RawDataset", "TensorImages", "IN_MEMORY", "IN_MEMORY_SHAPES", "IMAGE_LISTS", "build_data", "make_long_tailed",
+    "DataBundle", "RawDataset", "TensorImages", "dataset_record", "build_data", "make_long_tailed",
     "long_tailed_counts", "long_tailed_split", "holdout_split",
 ]

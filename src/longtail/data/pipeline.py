@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Protocol
 import torch
 from torchvision.transforms import v2
 
-from ..config import Config
+from ..config import LOADER_ONLY, Config
 from ..distributed import Runtime
 from ..errors import LongtailError
 from ..input_spec import normalize
@@ -45,10 +45,9 @@ def _labels(split) -> torch.Tensor:
 
 
 def device_unsupported(cfg: Config) -> list[str]:
-    """Augmentation keys the device pipeline does not implement (they need data.pipeline=loader)."""
-    keys = (("data.randaugment", cfg.data.randaugment), ("data.color_jitter", cfg.data.color_jitter),
-            ("data.grayscale", cfg.data.grayscale), ("data.blur", cfg.data.blur))
-    return [key for key, on in keys if on]
+    """Augmentation keys the device pipeline does not implement (they need data.pipeline=loader) that are on; each
+    declares loader_only in config.py."""
+    return [key for key in LOADER_ONLY if getattr(cfg.data, key.split(".")[1])]
 
 
 def choose_pipeline(bundle: DataBundle, cfg: Config) -> str:

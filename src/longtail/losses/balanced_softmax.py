@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..catalog import register_loss
+from ..config import LossConfig
 from .base import Loss
 
 
@@ -24,3 +26,8 @@ class BalancedSoftmaxLoss(Loss):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits + self.log_counts, targets)
+
+
+@register_loss("balanced_softmax")
+def _balanced_softmax(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    return BalancedSoftmaxLoss(counts)

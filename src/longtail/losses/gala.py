@@ -26,10 +26,14 @@ by the world size, which gives exactly the statistics of one process seeing the 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..catalog import register_loss
+from ..config import LossConfig
 from ..errors import LongtailError
 from .base import Loss
 
@@ -90,3 +94,18 @@ class BaGMarLoss(GALALoss):
 
     def __init__(self, num_classes: int, variant: str = "released"):
         super().__init__(num_classes, lambda1=1.0, lambda2=1.0, variant=variant)
+
+
+@register_loss("gala")
+def _gala(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    return GALALoss(len(counts), cfg.lambda1, cfg.lambda2, cfg.variant)
+
+
+@register_loss("bagmar")
+def _bagmar(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    if (cfg.lambda1, cfg.lambda2) != (1.0, 1.0):
+        raise LongtailError(
+            f"loss 'bagmar' fixes lambda1 = lambda2 = 1 but the config sets {cfg.lambda1} and {cfg.lambda2}; "
+            "use loss.name=gala to choose them"
+        )
+    return BaGMarLoss(len(counts), variant=cfg.variant)

@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..catalog import register_loss
+from ..config import LossConfig
 from .base import Loss
 
 
@@ -56,3 +58,8 @@ class LDAMLoss(Loss):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         shift = torch.zeros_like(logits).scatter_(1, targets[:, None], (self.scale * self.margins[targets])[:, None])
         return F.cross_entropy(logits - shift, targets, weight=self.drw_weights if self.reweight else None)
+
+
+@register_loss("ldam_drw")
+def _ldam_drw(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    return LDAMLoss(counts, cfg.max_margin, cfg.scale, cfg.drw_epoch, cfg.drw_beta)

@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..catalog import register_loss
+from ..config import LossConfig
 from ..errors import LongtailError
 from .base import Loss
 
@@ -97,3 +99,8 @@ class LGLALoss(Loss):
         log_probs = F.log_softmax(expert_logits + self.adjustments[:, None, :], dim=2)
         picked = log_probs.gather(2, targets.view(1, -1, 1).expand(self.num_experts, -1, 1)).squeeze(2)
         return -(weights * picked).mean(1).sum()
+
+
+@register_loss("lgla")
+def _lgla(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    return LGLALoss(counts, cfg.num_experts, cfg.tau, cfg.scale)

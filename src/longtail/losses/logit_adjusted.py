@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..catalog import register_loss
+from ..config import LossConfig
 from ..priors import log_prior  # log(n_c / sum n + 1e-12), as Menon et al.'s code: an empty class stays finite
 from .base import Loss
 
@@ -25,3 +27,8 @@ class LogitAdjustedLoss(Loss):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits + self.tau * self.log_prior, targets)
+
+
+@register_loss("la")
+def _la(cfg: LossConfig, counts: Sequence[int]) -> Loss:
+    return LogitAdjustedLoss(counts, tau=cfg.tau)

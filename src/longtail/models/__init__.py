@@ -1,4 +1,4 @@
-"""Models: one table from config name to constructor. Every model returns a dict with at least
+"""Models: each constructor registered under its config name (`register_model`, see longtail/catalog.py). Every model returns a dict with at least
 'logits' (B, C); multi-expert models add 'expert_logits' (E, B, C). A model with a single linear
 head exposes it as `.classifier` (used by tau-normalisation).
 
@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from .. import catalog
+from ..catalog import register_model
 from ..config import ModelConfig
 from ..errors import LongtailError
 from ..input_spec import BackboneInput
@@ -26,33 +28,33 @@ from .libraries import MissingExtra
 from .timm_models import PREFIX as TIMM_PREFIX, check_timm_name, timm_from_cfg, timm_preprocessing
 from .torchvision_resnets import torchvision_from_cfg
 
-# name -> function(cfg, num_classes, in_channels) -> model
-MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
-    # single-head models; model.pretrained (a checkpoint, a state_dict file or 'torchvision') is applied when built
-    "resnet8": with_pretrained(lambda cfg, classes, channels: resnet8(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    "resnet20": with_pretrained(lambda cfg, classes, channels: resnet20(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    "resnet32": with_pretrained(lambda cfg, classes, channels: resnet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    # google-research's Keras ResNet-32 of logit_adjustment/models.py (1x1-3x3-1x1 blocks): resnet32_keras.py
-    "resnet32_keras": with_pretrained(lambda cfg, classes, channels: KerasResNet32(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    # torchvision-width ResNets with a 3x3 stem and no max-pool (mmpretrain's ResNet_CIFAR): resnet34_cifar.py
-    "resnet18_cifar": with_pretrained(lambda cfg, classes, channels: resnet18_cifar(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    "resnet34_cifar": with_pretrained(lambda cfg, classes, channels: resnet34_cifar(classes, channels, classifier=cfg.classifier, scale=cfg.scale)),
-    # torchvision's ImageNet networks with `fc` named `classifier` (see torchvision_resnets.py)
-    "resnet50": with_pretrained(torchvision_from_cfg("resnet50")),
-    "resnext50_32x4d": with_pretrained(torchvision_from_cfg("resnext50_32x4d")),
-    "resnet152": with_pretrained(torchvision_from_cfg("resnet152")),
-    # multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
-    "resnet8_experts": cifar_experts_from_cfg(1),
-    "resnet20_experts": cifar_experts_from_cfg(3),
-    "resnet32_experts": cifar_experts_from_cfg(5),
-    "resnet50_experts": torchvision_experts_from_cfg("resnet50"),
-    "resnext50_experts": torchvision_experts_from_cfg("resnext50"),
-    "resnet152_experts": torchvision_experts_from_cfg("resnet152"),
-    # any timm network, e.g. timm/convnext_tiny (optional extra longtail[timm]; model.pretrained: hub or a file): timm_models.py
-    TIMM_PREFIX + "<name>": timm_from_cfg,
-    # CLIP's image tower through open_clip, e.g. clip/ViT-B-16 (optional extra longtail[clip]): clip_models.py
-    CLIP_PREFIX + "<name>": clip_from_cfg,
-}
+
+def _cifar(build: Callable[..., nn.Module]) -> Callable[[ModelConfig, int, int], nn.Module]:
+    return with_pretrained(lambda cfg, classes, channels: build(classes, channels, classifier=cfg.classifier, scale=cfg.scale))
+
+
+# name -> function(cfg, num_classes, in_channels) -> model, each registered under its model.name
+# single-head models; model.pretrained (a checkpoint, a state_dict file or 'torchvision') is applied when built
+register_model("resnet8")(_cifar(resnet8))
+register_model("resnet20")(_cifar(resnet20))
+register_model("resnet32")(_cifar(resnet32))
+# google-research's Keras ResNet-32 of logit_adjustment/models.py (1x1-3x3-1x1 blocks): resnet32_keras.py
+register_model("resnet32_keras")(_cifar(KerasResNet32))
+# torchvision-width ResNets with a 3x3 stem and no max-pool (mmpretrain's ResNet_CIFAR): resnet34_cifar.py
+register_model("resnet18_cifar")(_cifar(resnet18_cifar))
+register_model("resnet34_cifar")(_cifar(resnet34_cifar))
+# torchvision's ImageNet networks with `fc` named `classifier` (see torchvision_resnets.py)
+for _name in ("resnet50", "resnext50_32x4d", "resnet152"):
+    register_model(_name)(with_pretrained(torchvision_from_cfg(_name)))
+# multi-expert networks (model.num_experts branches, cosine classifiers): see experts.py
+register_model("resnet8_experts")(cifar_experts_from_cfg(1))
+register_model("resnet20_experts")(cifar_experts_from_cfg(3))
+register_model("resnet32_experts")(cifar_experts_from_cfg(5))
+for _name in ("resnet50", "resnext50", "resnet152"):
+    register_model(f"{_name}_experts")(torchvision_experts_from_cfg(_name))
+# any timm network, e.g. timm/convnext_tiny (optional extra longtail[timm]; model.pretrained: hub or a file): timm_models.py;
+# CLIP's image tower through open_clip, e.g. clip/ViT-B-16 (optional extra longtail[clip]): clip_models.py
+PREFIX_BUILDERS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {TIMM_PREFIX: timm_from_cfg, CLIP_PREFIX: clip_from_cfg}
 
 # prefix -> (check of the name after it: raises LongtailError with a did-you-mean, preprocessing of that name)
 PREFIXED: dict[str, tuple[Callable[[str], None], Callable[[str], BackboneInput]]] = {
@@ -70,7 +72,7 @@ def is_known_model(name: str) -> bool:
     Raises LongtailError when the library of a prefix is not installed."""
     prefix = _prefix(name)
     if prefix is None:
-        return name in MODELS
+        return name in catalog.names("model")
     try:
         PREFIXED[prefix][0](name[len(prefix):])
     except MissingExtra:
@@ -92,7 +94,5 @@ def backbone_preprocessing(cfg: ModelConfig) -> Optional[BackboneInput]:
 
 def create_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     prefix = _prefix(cfg.name)
-    key = prefix + "<name>" if prefix is not None else cfg.name
-    if key not in MODELS:
-        raise LongtailError(f"unknown model '{cfg.name}'; choose one of {', '.join(sorted(MODELS))}")
-    return add_finetune_layers(MODELS[key](cfg, num_classes, in_channels), cfg, num_classes)
+    build = PREFIX_BUILDERS[prefix] if prefix is not None else catalog.get("model", cfg.name).obj
+    return add_finetune_layers(build(cfg, num_classes, in_channels), cfg, num_classes)

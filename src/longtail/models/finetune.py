@@ -31,6 +31,8 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
+from .. import catalog
+from ..catalog import register_finetune
 from ..config import ModelConfig
 from ..errors import LongtailError
 from .adapter import add_adapters, adapter_blocks, lift_adapter_dim
@@ -83,31 +85,34 @@ def _zero_shot(model: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
                             f"not '{cfg.name}'; use model.name=clip/ViT-B-16 or another model.finetune")
 
 
-FINETUNE: dict[str, Finetune] = {
-    "full": Finetune(None, lambda name: True),
-    "linear": Finetune(None, lambda name: False),
-    "bias": Finetune(None, lambda name: name.endswith("bias")),  # also nn.MultiheadAttention's in_proj_bias
-    "block_bias": Finetune(_block_bias, _in_block_bias),
-    "lora": Finetune(_lora, lambda name: ".lora_" in name),
-    "lora_qv": Finetune(_lora_qv, lambda name: ".lora_" in name),
-    "adapter": Finetune(_adapter, lambda name: ".adapter." in name),
-    "zero_shot": Finetune(_zero_shot, lambda name: False),  # its checkpoint keeps the text rows of the head
-}
+# each mode registered under its model.finetune name
+register_finetune("full")(Finetune(None, lambda name: True))
+register_finetune("linear")(Finetune(None, lambda name: False))
+register_finetune("bias")(Finetune(None, lambda name: name.endswith("bias")))  # also nn.MultiheadAttention's in_proj_bias
+register_finetune("block_bias")(Finetune(_block_bias, _in_block_bias))
+register_finetune("lora")(Finetune(_lora, lambda name: ".lora_" in name))
+register_finetune("lora_qv")(Finetune(_lora_qv, lambda name: ".lora_" in name))
+register_finetune("adapter")(Finetune(_adapter, lambda name: ".adapter." in name))
+register_finetune("zero_shot")(Finetune(_zero_shot, lambda name: False))  # its checkpoint keeps the text rows of the head
 
 
 def mode(cfg: ModelConfig) -> str:
     return "linear" if cfg.freeze_backbone else cfg.finetune
 
 
+def _record(cfg: ModelConfig) -> Finetune:
+    return catalog.get("finetune", mode(cfg)).obj
+
+
 def add_finetune_layers(model: nn.Module, cfg: ModelConfig, num_classes: int) -> nn.Module:
-    add = FINETUNE[mode(cfg)].add_layers
+    add = _record(cfg).add_layers
     if add is not None:
         add(model, cfg, num_classes)
     return model
 
 
 def is_trained(name: str, cfg: ModelConfig) -> bool:
-    return name.startswith(HEAD) or FINETUNE[mode(cfg)].trains(name)
+    return name.startswith(HEAD) or _record(cfg).trains(name)
 
 
 def freeze(model: nn.Module, cfg: ModelConfig) -> tuple[int, int]:

@@ -15,12 +15,14 @@ classifier gets them as weights with a zero bias.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import catalog
+from ..catalog import register_head_init
 from ..errors import LongtailError
 from .clip_models import PROMPT
 
@@ -74,11 +76,31 @@ def set_rows(classifier: nn.Module, rows: torch.Tensor) -> None:
             bias.zero_()
 
 
+def _classifier(model: nn.Module, name: str) -> nn.Module:
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise LongtailError(f"model.head_init={name} needs a model with a single head `classifier`; {type(model).__name__} has none: "
+                            "use model.head_init=random")
+    return head
+
+
+# each registered under its model.head_init name: function(model, context) -> (C, D) rows, or None for the
+# classifier's own initialisation; context: batches (a callable giving the training set in evaluation form),
+# num_classes, class_names (None: no names), device
+@register_head_init("random")
+def _random(model: nn.Module, ctx: dict[str, Any]) -> None:
+    return None
+
+
+@register_head_init("class_means")
 def _class_means(model: nn.Module, ctx: dict[str, Any]) -> torch.Tensor:
+    _classifier(model, "class_means")
     return class_mean_features(model, ctx["batches"](), ctx["num_classes"], ctx["device"])
 
 
+@register_head_init("text")
 def _text(model: nn.Module, ctx: dict[str, Any]) -> torch.Tensor:
+    _classifier(model, "text")
     names = ctx["class_names"]
     if names is None:
         raise LongtailError("model.head_init=text needs class names, and this dataset gives only class indices; name the "
@@ -86,22 +108,8 @@ def _text(model: nn.Module, ctx: dict[str, Any]) -> torch.Tensor:
     return text_features(model, names, ctx["device"])
 
 
-# name -> function(model, context) -> (C, D) rows, None for the classifier's own initialisation; context: batches (a
-# callable giving the training set in evaluation form), num_classes, class_names (None: no names), device
-HEAD_INITS: dict[str, Optional[Callable[[nn.Module, dict[str, Any]], torch.Tensor]]] = {
-    "random": None,
-    "class_means": _class_means,
-    "text": _text,
-}
-
-
 def initialise_head(model: nn.Module, name: str, context: dict[str, Any]) -> None:
     """Apply `model.head_init` (nothing for 'random')."""
-    rows = HEAD_INITS[name]
-    if rows is None:
-        return
-    head = getattr(model, "classifier", None)
-    if not isinstance(head, nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor):
-        raise LongtailError(f"model.head_init={name} needs a model with a single head `classifier`; {type(model).__name__} has none: "
-                            "use model.head_init=random")
-    set_rows(head, rows(model, context))
+    rows = catalog.get("head_init", name).obj(model, context)
+    if rows is not None:
+        set_rows(_classifier(model, name), rows)

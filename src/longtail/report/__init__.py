@@ -21,9 +21,9 @@ from typing import Iterable
 from ..errors import LongtailError
 from .runs import Run, find_runs
 from .markdown import markdown
-from .tables import DISPLAY_NAMES, Table, build_tables, csv_rows, per_class_rows, summary
+from .tables import Table, build_tables, csv_rows, per_class_rows, summary
 
-__all__ = ["DISPLAY_NAMES", "Report", "Run", "find_runs", "results_table", "sheets", "write_files", "write_report"]
+__all__ = ["Report", "Run", "find_runs", "results_table", "sheets", "write_files", "write_report"]
 
 
 @dataclass

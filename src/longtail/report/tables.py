@@ -12,38 +12,31 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+from .. import catalog, config
 from ..config import Config, flat_dict
 from ..errors import LongtailError
 from ..protocol import SELECTED_ON_TEST  # row marker of runs whose epoch was chosen on test
 from ..shots import SHOTS
 from .runs import Run
 
-# What tables and legends call a method, by config key and value. A value not listed is shown as
-# written in the config. Multi-expert backbones (model.name ending in "_experts") add
-# "(N experts)"; single-head backbones are not part of the method's name.
-DISPLAY_NAMES: dict[str, dict[str, str]] = {
-    "loss.name": {
-        "ce": "CE",
-        "la": "LA loss",
-        "balanced_softmax": "Balanced Softmax",
-        "ldam_drw": "LDAM-DRW",
-        "bagmar": "BaGMar",
-        "gala": "GALA",
-        "lgla": "LGLA",
-    },
-    "eval.posthoc": {"la": "post-hoc LA", "pn": "PN", "tau_norm": "τ-norm"},
-}
+# What tables and legends call a method: the display name in each component's record (longtail/catalog.py; a
+# name not registered in this process is shown as written). Multi-expert backbones (model.name ending in
+# "_experts") add "(N experts)"; single-head backbones are not part of the method's name.
+DISPLAYED_KINDS = {"loss.name": "loss", "eval.posthoc": "posthoc"}
 
-# Keys that do not change what a run computes (seeds, table and column, paths, speed options).
-NOT_METHOD = {
-    "seed", "dataset.seed",
-    "dataset.name", "dataset.imbalance_factor", "dataset.profile",
-    "dataset.root", "dataset.download", "data.num_workers", "data.pipeline", "device",
-    "train.progress", "train.resume", "train.compile", "train.amp", "train.channels_last", "eval.batch_size",
-}
+# Keys that do not change what a run computes (seeds, table and column, paths, speed options): each declares
+# method=False in config.py.
+NOT_METHOD = config.NOT_METHOD
 
-# Datasets (of data/__init__.py's IMAGE_LISTS) read as a given split, whose dataset.imbalance_factor does not apply
-GIVEN_SPLITS = {"folder", "cifar10_lt_tfrecord", "cifar100_lt_tfrecord"}
+
+def given_split(name: object) -> bool:
+    """Whether the dataset's training split is given (its record's fact), so dataset.imbalance_factor does not apply."""
+    try:
+        return bool(catalog.entry("dataset", str(name)).facts.get("given_split"))
+    except LongtailError:
+        return False
+
+
 MISSING, UNDEFINED = "missing", "n/a"  # no run for the cell / an empty shot group
 
 
@@ -66,7 +59,7 @@ class Entry:
     def column(self) -> str:
         cfg = self.run.config
         # a given split (ImageNet-LT, your own data, google's CIFAR-LT files): its own imbalance, from the counts
-        if cfg.get("dataset.train_list") or cfg.get("dataset.name") in GIVEN_SPLITS:
+        if cfg.get("dataset.train_list") or given_split(cfg.get("dataset.name")):
             counts = [c for c in self.class_counts or [] if c > 0]
             return f"IF {max(counts) / min(counts):.0f}" if counts else "given split"
         factor, profile = float(cfg.get("dataset.imbalance_factor", 0)), cfg.get("dataset.profile", "exp")
@@ -99,7 +92,17 @@ class Entry:
 
 
 def _display(key: str, value: Any) -> str:
-    return DISPLAY_NAMES[key].get(str(value), str(value))
+    try:
+        return catalog.entry(DISPLAYED_KINDS[key], str(value)).display
+    except LongtailError:
+        return str(value)
+
+
+def _adjusts_by_prior(rule: str) -> bool:
+    try:
+        return bool(catalog.entry("posthoc", rule).facts.get("prior"))
+    except LongtailError:
+        return False
 
 
 def method_name(config: dict[str, Any]) -> str:
@@ -121,19 +124,19 @@ def entries(run: Run) -> list[Entry]:
     cfg, metrics, base = run.config, run.metrics, method_name(run.config)
     if selected_on_test(run):
         base += f" [{SELECTED_ON_TEST}]"
-    posthoc, tau = cfg.get("eval.posthoc", "none"), cfg.get("eval.tau", 1.0)
+    posthoc, tau = cfg.get("eval.posthoc", catalog.NO_RULE), cfg.get("eval.tau", 1.0)
     if isinstance(metrics.get("raw"), dict) and isinstance(metrics.get("posthoc"), dict):
         # metrics.json: the configured (post-hoc) prediction at the top level, plain argmax under "raw"
         block = metrics["posthoc"]
         label = f"{_display('eval.posthoc', block.get('name', posthoc))} (τ={block.get('tau', tau):g})"
         found = [Entry(run, base, metrics["raw"]), Entry(run, f"{base} + {label}", metrics, 1)]
-    elif posthoc != "none":
+    elif posthoc != catalog.NO_RULE:
         found = [Entry(run, f"{base} + {_display('eval.posthoc', posthoc)} (τ={tau:g})", metrics, 1)]
     else:
         found = [Entry(run, base, metrics)]
     for name, saved in run.evals.items():  # `longtail evaluate --posthoc NAME --save` on this run's checkpoint
         block = saved["posthoc"]
-        other_prior = name == "la" and block.get("prior_counts") not in (None, saved.get("class_counts"))
+        other_prior = _adjusts_by_prior(name) and block.get("prior_counts") not in (None, saved.get("class_counts"))
         label = f"{_display('eval.posthoc', name)} (τ={block.get('tau', 1.0):g}{', other prior' if other_prior else ''})"
         found.append(Entry(run, f"{base} + {label}", saved, 1))
     for name, tune in run.tunes.items():
@@ -165,7 +168,7 @@ def build_tables(runs: Iterable[Run]) -> list[Table]:
     for dataset in sorted({e.dataset for e in found}):
         mine = [e for e in found if e.dataset == dataset]
         labels = _disambiguate(mine)
-        loss_order = list(DISPLAY_NAMES["loss.name"])
+        loss_order = list(catalog.names("loss"))
         # a method's variants (post-hoc rows) stay under the run they came from
         mine.sort(key=lambda e: (_index(loss_order, e.run.config.get("loss.name")), method_name(e.run.config),
                                  e.training, e.variant, labels[id(e)]))
@@ -184,7 +187,7 @@ def _drop_repeated_raw(found: list[Entry]) -> list[Entry]:
         return e.dataset, e.column, e.identity, e.seed
 
     def plain(e: Entry) -> bool:
-        return e.run.config.get("eval.posthoc", "none") == "none"
+        return e.run.config.get("eval.posthoc", catalog.NO_RULE) == catalog.NO_RULE
 
     measured = {key(e) for e in found if e.variant == 0 and plain(e)}
     return [e for e in found if e.variant != 0 or plain(e) or key(e) not in measured]

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .. import catalog
 from ..config import load_config
 from ..errors import LongtailError, one_line
 
@@ -186,6 +187,11 @@ def _step_args(path: Path, name: str, text: Any) -> tuple[str, ...]:
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(parsed, "overrides")]
     if stray:
         raise _fail(path, f"variant '{name}': step '{shlex.join(args)}' has unrecognised arguments {' '.join(stray)}")
+    if getattr(parsed, "posthoc", None) not in (None, catalog.NO_RULE):  # the runs' plugins are loaded by now
+        try:
+            catalog.entry("posthoc", parsed.posthoc)
+        except LongtailError as exc:
+            raise _fail(path, f"variant '{name}': step '{shlex.join(args)}' is not valid: {exc}") from None
     return tuple(args)
 
 
