@@ -282,7 +282,7 @@ def untied_numbers(page: str, text: str) -> list[str]:
 
 
 # Pages another branch rewrites now; each needs one citation line (see the issue-32 report) and then leaves this set.
-PENDING = {"docs/foundation-models.md"}  # LIFT's table: cite benchmarks/results/published.csv in its section
+PENDING: set[str] = set()  # pages exempted while another branch rewrites them (none now)
 
 
 def test_every_measured_number_is_in_the_record_its_page_cites():
@@ -544,6 +544,7 @@ def command_problem(command: str, created: tuple[str, ...] = ()) -> str | None:
     import io
     import shlex
 
+    from longtail import catalog
     from longtail.config import load_config
     from longtail.errors import LongtailError
     from longtail.parser import build_parser
@@ -584,6 +585,13 @@ def command_problem(command: str, created: tuple[str, ...] = ()) -> str | None:
             args = parser.parse_args(words)
     except SystemExit as exc:
         return None if exc.code == 0 else "does not parse: " + " ".join(err.getvalue().split())[-200:]
+    rule = getattr(args, "posthoc", None)
+    # a rule of a plugin: given with --plugin, or one the page itself registers (a run records its plugins)
+    if rule is not None and rule != catalog.NO_RULE and not getattr(args, "plugin", []) and rule not in created:
+        try:
+            catalog.entry("posthoc", rule)
+        except LongtailError as exc:
+            return str(exc)
     overrides = [*getattr(args, "overrides", []), *getattr(args, "set", [])]
     if args.command == "predict":
         overrides += [p for p in args.paths if "=" in p]
@@ -609,11 +617,12 @@ def command_problem(command: str, created: tuple[str, ...] = ()) -> str | None:
 
 
 def documented_commands() -> list[tuple[str, int, str, tuple[str, ...]]]:
-    """(page, line number, command, configs the page writes itself) of README.md's and docs/'s commands."""
+    """(page, line number, command, configs and post-hoc rules the page writes itself) of README.md's and docs/'s
+    commands."""
     out = []
     for path in [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]:
         text = path.read_text(encoding="utf-8")
-        created = tuple(re.findall(r"<!-- recipe-config: (\S+) -->", text))
+        created = tuple(re.findall(r"<!-- recipe-config: (\S+) -->", text) + re.findall(r'register_posthoc\("(\w+)"', text))
         out += [(path.relative_to(REPO).as_posix(), number, command, created)
                 for number, command in sorted(command_lines(text) + inline_commands(text))]
     return out
@@ -638,7 +647,7 @@ def test_the_command_check_names_the_page_and_line_of_a_wrong_command():
     assert problems[0] is None and problems[5] is None
     assert "no config file configs/fmnist_lt/la_imba100.yaml" in problems[1]
     assert "did you mean 'train.epochs'" in problems[2]
-    assert "does not parse" in problems[3] and "lq" in problems[3]
+    assert "unknown post-hoc rule 'lq'" in problems[3] and "choose one of none, la, pn, tau_norm" in problems[3]
     assert "demos" in problems[4]
 
 

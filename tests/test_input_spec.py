@@ -140,7 +140,7 @@ def test_the_spec_round_trips_as_json_and_a_damaged_one_is_one_line():
 
 
 def test_data_crop_pct_is_range_checked():
-    with pytest.raises(LongtailError, match=r"'data.crop_pct' must lie in \(0, 1\]"):
+    with pytest.raises(LongtailError, match=r"'data.crop_pct' must be above 0 and at most 1"):
         load_config(None, ["data.crop_pct=1.2"])
     assert load_config(None, ["data.crop_pct=1"]).data.crop_pct == 1.0
 

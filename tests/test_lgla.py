@@ -203,7 +203,7 @@ def test_loss_follows_the_module_to_another_dtype_and_back():
 
 
 def test_loss_num_experts_defaults_to_the_model_s():
-    cfg = load_config(None, ["loss.name=lgla", "model.num_experts=4"])
+    cfg = load_config(None, ["loss.name=lgla", "model.name=resnet32_experts", "model.num_experts=4"])
     assert cfg.loss.num_experts == 4
     built = create_loss(cfg.loss, [8, 7, 6, 5, 4, 3, 2, 1])
     assert isinstance(built, LGLALoss) and built.num_experts == 4 and built.input_key == "expert_logits"
@@ -211,7 +211,7 @@ def test_loss_num_experts_defaults_to_the_model_s():
 
 
 def test_loss_table_passes_tau_and_scale():
-    cfg = load_config(None, ["loss.name=lgla", "loss.tau=2.5", "loss.scale=16"])
+    cfg = load_config(None, ["loss.name=lgla", "model.name=resnet32_experts", "loss.tau=2.5", "loss.scale=16"])
     built = create_loss(cfg.loss, long_tailed_counts(500, 100, 100))
     assert built.tau == 2.5 and built.scale == 16.0
 

@@ -131,3 +131,27 @@ def test_inspect_shows_sample_images_of_a_tfrecord_dataset(tmp_path):
     first, last = grid[:SAMPLE_SIDE, :SAMPLE_SIDE].mean(), grid[-SAMPLE_SIDE:, :SAMPLE_SIDE].mean()
     assert last > first + 50  # the generated images of class 9 are brighter than those of class 0
     assert grid[-SAMPLE_SIDE:, SAMPLE_SIDE:].max() == 0 < grid[:SAMPLE_SIDE, -SAMPLE_SIDE:].max()  # class 9: 1 image, class 0: 6
+
+
+def test_a_loss_declares_the_model_output_it_reads_and_the_config_checks_the_model_gives_it():
+    """A loss's catalog `reads` is its Loss.input_key, each model's `outputs` is what its forward returns, and a
+    config pairing a loss with a model lacking that output stops in one line before anything is built."""
+    import torch
+
+    from longtail.config import LossConfig, ModelConfig, load_config
+    from longtail.errors import LongtailError
+    from longtail.losses import create_loss
+    from longtail.models import create_model
+
+    for name in catalog.names("loss"):
+        loss = create_loss(LossConfig(name=name, num_experts=3), [500, 300, 180, 110, 65, 40, 24, 14, 8, 5])
+        assert loss.input_key == catalog.entry("loss", name).facts.get("reads", "logits"), name
+    for name in ("resnet8", "resnet8_experts"):
+        model = create_model(ModelConfig(name=name, num_experts=3), 3, 1).eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, 1, 28, 28))
+        assert set(out) >= set(catalog.model_outputs(name)), name
+    assert "expert_logits" not in catalog.model_outputs("resnet8")
+    with pytest.raises(LongtailError, match="reads the model output 'expert_logits', which model.name=resnet8 does not give"):
+        load_config(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml", ["loss.name=lgla", "model.name=resnet8"])
+    load_config(REPO / "configs" / "fmnist_lt" / "ce_imba100.yaml", ["loss.name=lgla", "model.name=resnet8_experts"])

@@ -47,7 +47,12 @@ def section(kind: str) -> str:
 @dataclass(frozen=True)
 class Param:
     """A hyperparameter a component declares: `<section>.<name>` (e.g. loss.gamma), with its default, a one-line
-    meaning (the config reference prints it) and its allowed values: low..high (either may be None) or `choices`."""
+    meaning (the config reference prints it) and its allowed values: low..high (either may be None) or `choices`.
+
+    Example, a loss hyperparameter set as `loss.gamma=1.5`:
+        >>> import longtail
+        >>> gamma = longtail.Param("gamma", 2.0, "focal loss: exponent of (1 - p_y)", low=0.0)
+    """
 
     name: str
     default: Any
@@ -114,7 +119,8 @@ _BUILTINS: list[Entry] = [
     _builtin("loss", "ldam_drw", _LOSSES + "ldam", ["max_margin", "scale", "drw_epoch", "drw_beta"], display="LDAM-DRW"),
     _builtin("loss", "bagmar", _LOSSES + "gala", ["lambda1", "lambda2", "variant"], display="BaGMar"),
     _builtin("loss", "gala", _LOSSES + "gala", ["lambda1", "lambda2", "variant"], display="GALA"),
-    _builtin("loss", "lgla", _LOSSES + "lgla", ["tau", "scale", "num_experts"], display="LGLA"),
+    # reads: the model output the loss takes (Loss.input_key; default 'logits'), which the model must give
+    _builtin("loss", "lgla", _LOSSES + "lgla", ["tau", "scale", "num_experts"], display="LGLA", reads="expert_logits"),
     # post-hoc rules (posthoc.py); needs: what besides the class counts; traceable: export can fold it into the graph;
     # prior: it adjusts by the training prior (evaluate --imbalance-factor / --class-counts replace it)
     _builtin("posthoc", "la", "longtail.posthoc", ["tau"], display="post-hoc LA", needs=(), traceable=True, prior=True),
@@ -122,9 +128,12 @@ _BUILTINS: list[Entry] = [
     _builtin("posthoc", "tau_norm", "longtail.posthoc", ["tau"], display="τ-norm", needs=("classifier_weight",), traceable=True),
     # backbones (models/__init__.py); timm/<name> and clip/<name> stand for whole libraries (PREFIXES)
     *(_builtin("model", name, _MODELS) for name in (
-        "resnet8", "resnet20", "resnet32", "resnet50", "resnext50_32x4d", "resnet152", "resnet8_experts",
-        "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts", "resnet152_experts",
-        "resnet32_keras", "resnet18_cifar", "resnet34_cifar")),
+        "resnet8", "resnet20", "resnet32", "resnet50", "resnext50_32x4d", "resnet152", "resnet32_keras", "resnet18_cifar",
+        "resnet34_cifar")),
+    # outputs: what the model's forward returns besides 'logits' (a loss's `reads` must be among them)
+    *(_builtin("model", name, _MODELS, outputs=("logits", "expert_logits")) for name in (
+        "resnet8_experts", "resnet20_experts", "resnet32_experts", "resnet50_experts", "resnext50_experts",
+        "resnet152_experts")),
     # datasets (data/__init__.py): balanced sources made long-tailed by longtail (in_memory), or given splits
     _builtin("dataset", "fmnist_lt", _DATA, in_memory=True, channels=1, native_size=28, given_split=False),
     _builtin("dataset", "cifar10_lt", _DATA, in_memory=True, channels=3, native_size=32, given_split=False),
@@ -163,6 +172,13 @@ def names(kind: str) -> tuple[str, ...]:
 def choices(kind: str) -> tuple[str, ...]:
     """The values the kind's config key takes (eval.posthoc adds 'none')."""
     return (NO_RULE, *names(kind)) if kind == "posthoc" else names(kind)
+
+
+def model_outputs(name: str) -> tuple[str, ...]:
+    """The outputs a model declares (`outputs`; default just 'logits'); a library's (timm/, clip/) give logits."""
+    if any(name.startswith(prefix) for prefix in PREFIXES["model"]):
+        return ("logits",)
+    return tuple(entry("model", name).facts.get("outputs", ("logits",)))
 
 
 def entries(kind: Optional[str] = None) -> Iterator[Entry]:
@@ -258,32 +274,70 @@ def register(kind: str, name: str, *, override: bool = False, uses: Sequence[str
 
 
 def register_loss(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register `(loss config, class counts) -> longtail.Loss` (a Loss subclass taking those two, or a function)."""
+    """Register `(loss config, class counts) -> longtail.Loss` (a Loss subclass taking those two, or a function).
+
+    Example (the loss section's `tau` read, `gamma` declared; see longtail.Loss for a whole class):
+        >>> import longtail
+        >>> @longtail.register_loss("focal_la", uses=["tau"], params=[longtail.Param("gamma", 2.0, "focal exponent", low=0.0)])
+        ... class FocalLA(longtail.Loss): ...
+    """
     return register("loss", name, **options)
 
 
 def register_model(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register `(model config, num_classes, in_channels) -> nn.Module` returning {'logits': (B, C), ...}."""
+    """Register `(model config, num_classes, in_channels) -> nn.Module` returning {'logits': (B, C), ...}.
+
+    Example:
+        >>> import longtail, torch
+        >>> @longtail.register_model("tiny_mlp")
+        ... def tiny_mlp(cfg, num_classes, in_channels):
+        ...     return TinyMLP(in_channels, num_classes)  # forward(x) -> {"logits": ...}; `.classifier` its head
+    """
     return register("model", name, **options)
 
 
 def register_dataset(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register a dataset builder (see data/__init__.py): facts channels, native_size, in_memory, given_split."""
+    """Register a dataset builder (see data/__init__.py): facts channels, native_size, in_memory, given_split.
+
+    Example, a balanced source that longtail makes long-tailed (`(root, download) -> RawDataset`):
+        >>> import longtail
+        >>> @longtail.register_dataset("blobs", in_memory=True, channels=3, native_size=16, given_split=False)
+        ... def blobs(root, download): ...
+    """
     return register("dataset", name, **options)
 
 
 def register_posthoc(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register a post-hoc rule `(logits, tau, inputs) -> scores` (see posthoc.py): facts needs, display, traceable."""
+    """Register a post-hoc rule `(logits, tau, inputs) -> scores` (see posthoc.py): facts needs, display, traceable.
+
+    Example (see longtail.PosthocInputs for what `inputs` holds):
+        >>> import longtail
+        >>> @longtail.register_posthoc("prob_la", display="probability LA", needs=(), traceable=True)
+        ... def prob_la(logits, tau, inputs): ...
+    """
     return register("posthoc", name, **options)
 
 
 def register_finetune(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register a fine-tune mode (models/finetune.py's Finetune record)."""
+    """Register a fine-tune mode (models/finetune.py's Finetune record).
+
+    Example, train the classifier and the normalisation layers only:
+        >>> import longtail
+        >>> from longtail.models.finetune import Finetune
+        >>> longtail.register_finetune("norms")(Finetune(None, lambda name: ".bn" in name or ".norm" in name))
+    """
     return register("finetune", name, **options)
 
 
 def register_head_init(name: str, **options: Any) -> Callable[[Any], Any]:
-    """Register a head initialisation `(model, context) -> (C, D) rows` (models/head_init.py)."""
+    """Register a head initialisation `(model, context) -> (C, D) rows` (models/head_init.py).
+
+    Example:
+        >>> import longtail, torch
+        >>> @longtail.register_head_init("zeros")
+        ... def zeros(model, context):
+        ...     return torch.zeros_like(model.classifier.weight)
+    """
     return register("head_init", name, **options)
 
 

@@ -51,6 +51,8 @@ class Range:
 
         if self.high is None:
             return "positive" if self.open_low and self.low == 0 else f"at least {number(self.low)}"
+        if self.open_low:
+            return f"above {number(self.low)} and at most {number(self.high)}"
         return f"between {number(self.low)} and {number(self.high)}"
 
 
@@ -525,6 +527,12 @@ def _check_consistency(cfg: Config) -> None:
         raise LongtailError(
             f"loss.drw_epoch {cfg.loss.drw_epoch} is not below train.epochs {cfg.train.epochs}, so LDAM-DRW would never "
             "re-weight; set loss.drw_epoch (0-based) below train.epochs, e.g. at 80% of the epochs"
+        )
+    reads = catalog.entry("loss", cfg.loss.name).facts.get("reads", "logits")
+    if reads not in catalog.model_outputs(cfg.model.name):
+        raise LongtailError(
+            f"loss.name={cfg.loss.name} reads the model output '{reads}', which model.name={cfg.model.name} does not give; "
+            "choose a model that declares it (e.g. a multi-expert *_experts model for 'expert_logits')"
         )
     if cfg.model.freeze_backbone and cfg.model.finetune not in ("full", "linear"):
         raise LongtailError(

@@ -62,7 +62,15 @@ def tau_norm(logits_or_features: torch.Tensor, classifier_weight: torch.Tensor, 
 
 @dataclass
 class PosthocInputs:
-    """What a rule may need besides the logits and tau (its record's `needs` says which)."""
+    """What a rule may need besides the logits and tau (its record's `needs` says which).
+
+    Example, a rule reading the training class counts:
+        >>> import torch, longtail
+        >>> @longtail.register_posthoc("half_la", display="half LA", needs=(), traceable=True)
+        ... def half_la(logits, tau, inputs: longtail.PosthocInputs):
+        ...     counts = torch.as_tensor(inputs.class_counts, dtype=logits.dtype)
+        ...     return logits - 0.5 * tau * torch.log(counts / counts.sum())
+    """
 
     class_counts: Sequence[int]
     classifier_weight: Optional[torch.Tensor] = None  # "classifier_weight": the (C, D) single linear head
