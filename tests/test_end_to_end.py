@@ -1,21 +1,27 @@
-"""Tiny Fashion-MNIST-LT runs through the real CLI: the run-directory contract, evaluate, resume."""
+"""Tiny Fashion-MNIST-LT runs through the CLI: the run-directory contract (a real `python -m longtail` process),
+evaluate, resume and user mistakes (the same `main` in the test process, without an interpreter start-up each)."""
 
+import functools
 import json
 
 import pytest
 import torch
 
-from conftest import FMNIST_CONFIG
+from conftest import FMNIST_CONFIG, main_here, run_cli
 from longtail.checkpoint import load_checkpoint
 from longtail.data.fmnist import FILES, read_idx
 
 CONFIG = FMNIST_CONFIG
 
 
+@pytest.fixture
+def cli(capsys):
+    """`longtail ARGS` in this process (conftest.main_here), as run_cli returns it."""
+    return functools.partial(main_here, capsys)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_fmnist, fmnist_root):
-    from conftest import run_cli
-
     run = tmp_path_factory.mktemp("runs") / "ce"
     proc = run_cli("train", CONFIG, *tiny_fmnist, "train.epochs=2", "--out", str(run))
     return run, proc, len(read_idx(fmnist_root / FILES["test_labels"]))
@@ -98,10 +104,12 @@ def test_user_mistakes_are_one_line_errors(trained, cli, tmp_path, tiny_fmnist):
         (["train", CONFIG, *tiny_fmnist, "--out", str(run)], "already holds a run"),
         (["train", CONFIG, *tiny_fmnist, "train.epochs=2", "train.lr=0.5", "--out", str(run), "--resume"], "differs from the run being resumed in: train.lr"),
         (["evaluate", str(tmp_path)], "not a run directory"),
-        (["train", str(tmp_path / "missing.yaml")], "does not exist"),
     ]
-    for args, message in cases:
-        proc = cli(*args, check=False)
+    launches = [(cli, args, message) for args, message in cases]
+    # and once through a real process: what a user's shell shows, exit status included
+    launches.append((run_cli, ["train", str(tmp_path / "missing.yaml")], "does not exist"))
+    for launch, args, message in launches:
+        proc = launch(*args, check=False)
         assert proc.returncode == 2, args
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
