@@ -150,7 +150,7 @@ DEFECTS: list[Defect] = [
            (T + "test_seeded_defects.py::test_each_epoch_has_its_own_order",)),
     # ------------------------------------------------------------------ model selection
     Defect("select_on_raw_instead_of_posthoc", "selection.py",
-           'return "test_top1" if cfg.eval.posthoc == "none" else f"test_{cfg.eval.posthoc}_top1"', 'return "test_top1"',
+           'return "test_top1" if cfg.eval.posthoc == NO_RULE else f"test_{cfg.eval.posthoc}_top1"', 'return "test_top1"',
            (T + "test_select_on_test.py::test_selection_rule_keys", T + "test_select_on_test.py::test_with_a_posthoc_the_corrected_test_top1_decides")),
     Defect("select_best_val_ignored", "selection.py", 'if cfg.train.select == "best_val" and has_val:\n        return "val_top1"',
            'if cfg.train.select == "best_val" and has_val:\n        return None',
@@ -173,9 +173,10 @@ DEFECTS: list[Defect] = [
     Defect("export_bias_subtracted", "export.py", "head.bias.add_(bias)", "head.bias.sub_(bias)",
            (T + "test_export.py::test_exported_scores_match_evaluate",)),
     # ------------------------------------------------------------------ the input's normalisation
-    Defect("normalise_by_256", "data/device.py", "x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)",
-           "x.to(torch.float32).mul_(1.0 / 256).sub_(mean).div_(std)",
-           (T + "test_device_pipeline.py::test_device_and_loader_batches_are_identical_without_augmentation",
+    Defect("normalise_by_256", "input_spec.py", "return x.float().mul_(1.0 / 255).sub_(mean).div_(std)",
+           "return x.float().mul_(1.0 / 256).sub_(mean).div_(std)",
+           (T + "test_input_spec.py::test_the_one_normalisation_is_torchvisions_to_the_bit",
+            T + "test_device_pipeline.py::test_device_and_loader_batches_are_identical_without_augmentation",
             T + "test_image_batches.py::test_evaluation_batches_are_uint8_centre_crops_normalised_on_the_device")),
 ]
 
