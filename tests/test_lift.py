@@ -113,6 +113,9 @@ def test_image_files_give_the_crops_of_the_decoded_image(tmp_path):
 def test_tte_keys_are_checked_and_export_refuses_it():
     with pytest.raises(LongtailError, match="eval.tte' must be one of none, flip, fivecrop, tencrop"):
         load_config(None, ["eval.tte=sevencrop"])
+    from longtail.config import CHOICES
+
+    assert CHOICES["eval.tte"] == tte.MODES  # the config checks the modes tte.py implements, no more, no fewer
     with pytest.raises(LongtailError, match="eval.tte_expand"):
         load_config(None, ["eval.tte_expand=-1"])
     with pytest.raises(LongtailError, match="export with the override eval.tte=none"):

@@ -192,21 +192,20 @@ def run_calibrator(ckpt: dict, val: dict[str, torch.Tensor], method: str = DEFAU
     return fit_calibrator(val, ckpt["num_classes"], method)
 
 
-def store_fitted(ckpt_path: Path, values: dict) -> None:
-    """Add what post-hoc rules fitted on validation (e.g. {"class_mass": [...]}) to the checkpoint."""
+def store_fitted(ckpt_path: Path, values: dict) -> bool:
+    """Add what was fitted on validation (e.g. {"class_mass": [...]}, {"calibrator": {...}}) to the checkpoint;
+    False when it already holds them (nothing written)."""
     ckpt = load_checkpoint(ckpt_path)
-    if any(ckpt.get(k) != v for k, v in values.items()):
-        save_atomic({**{k: v for k, v in ckpt.items() if k != "format_version"}, **values}, ckpt_path)
+    changed = any(ckpt.get(k) != v for k, v in values.items())
+    if changed:
+        save_atomic({**ckpt, **values}, ckpt_path)  # save_atomic stamps the current format and version
+    return changed
 
 
 def store_calibrator(ckpt_path: Path, block: dict) -> bool:
     """Write the calibrator block into the checkpoint and the run's metrics.json (when it has one);
     False when both already hold it."""
-    ckpt = load_checkpoint(ckpt_path)
-    changed = ckpt.get("calibrator") != block
-    if changed:
-        ckpt["calibrator"] = block
-        save_atomic(ckpt, ckpt_path)
+    changed = store_fitted(ckpt_path, {"calibrator": block})
     metrics_path = run_directory(ckpt_path) / "metrics.json"
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

@@ -25,8 +25,8 @@ from .config import Config
 from .errors import LongtailError
 from .input_spec import normalize
 
-MODES = ("none", "flip", "fivecrop", "tencrop")
-VIEWS = {"none": 1, "flip": 2, "fivecrop": 5, "tencrop": 10}
+VIEWS = {"none": 1, "flip": 2, "fivecrop": 5, "tencrop": 10}  # views per image of each eval.tte mode
+MODES = tuple(VIEWS)
 
 
 def enabled(cfg: Config) -> bool:
